@@ -1,0 +1,88 @@
+"""The engine's event schema and job-directory layout (standard library only).
+
+The engine prints one JSON object per line on stdout; the add-on reads them. Both sides import this
+module, so the names below are the single source of truth for the contract in DESIGN.md.
+"""
+import json
+import math
+
+# Every event has "event" (one of these) and "t" (seconds since the engine started).
+STARTED = "started"      # config (resolved dict), device, backend, job
+STAGE = "stage"          # name: one of STAGES
+PROGRESS = "progress"    # iteration, total, loss, losses {term: value}, psnr, eta_s, frame
+PREVIEW = "preview"      # path of a coarse mesh written during training
+MESH = "mesh"            # path, frame (None for a static job)
+WARNING = "warning"      # message
+ERROR = "error"          # message a user can act on
+DONE = "done"            # outputs {"mesh": path, ...}
+CANCELLED = "cancelled"  # checkpoint (path or None)
+EVENT_KINDS = (STARTED, STAGE, PROGRESS, PREVIEW, MESH, WARNING, ERROR, DONE, CANCELLED)
+FINAL_EVENTS = (DONE, ERROR, CANCELLED)
+STAGES = ("load", "train", "extract", "frame")
+
+# A line "cancel" on the engine's stdin asks it to stop (as SIGINT/SIGTERM do).
+CANCEL_LINE = "cancel"
+
+# Exit codes of `python -m engine`.
+EXIT_OK = 0
+EXIT_FAILED = 1       # an unexpected failure (bug, out of memory); an error event was still printed
+EXIT_BAD_INPUT = 2    # the input cannot be used; the error event says what and where
+EXIT_CANCELLED = 3    # stopped on request after saving a checkpoint
+
+# Job directory layout.
+CONFIG_FILE = "config.json"
+EVENTS_FILE = "events.jsonl"
+NORMALIZATION_FILE = "normalization.json"
+CHECKPOINTS_DIR = "checkpoints"
+MESHES_DIR = "meshes"
+PREVIEWS_DIR = "previews"
+STATIC_MESH_FILE = "mesh.ply"
+LOG_FILE = "engine.log"  # stderr of the engine, kept by the add-on
+
+
+def make_event(kind, t, **fields):
+    if kind not in EVENT_KINDS:
+        raise ValueError(f"unknown event kind {kind!r}")
+    event = {"event": kind, "t": round(float(t), 3)}
+    event.update(fields)
+    return event
+
+
+def encode(event):
+    """One event as one line of JSON (no newline inside, NaN written as null)."""
+    return json.dumps(_finite(event), separators=(",", ":"))
+
+
+def decode(line):
+    """The event on a line of engine output, or None when the line is not an event."""
+    line = line.strip()
+    if not line.startswith("{"):
+        return None
+    try:
+        event = json.loads(line)
+    except ValueError:
+        return None
+    if not isinstance(event, dict) or event.get("event") not in EVENT_KINDS:
+        return None
+    return event
+
+
+def read_events(path):
+    """All events of an events.jsonl file, skipping lines that are not events."""
+    events = []
+    with open(path, encoding="utf-8") as f:
+        for line in f:
+            event = decode(line)
+            if event is not None:
+                events.append(event)
+    return events
+
+
+def _finite(value):
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite(v) for v in value]
+    return value
