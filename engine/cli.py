@@ -1,0 +1,129 @@
+"""`python -m engine`: train a job, or re-extract a job's mesh from its checkpoint."""
+import argparse
+import os
+import sys
+import traceback
+
+from . import protocol
+from .config import PRESETS, Config, InputError, preset
+from .events import CancelWatch, Emitter
+from .rig import RigError, load_rig
+
+
+def parse_args(argv):
+    parser = argparse.ArgumentParser(prog="python -m engine", description="Marble's reconstruction engine.")
+    sub = parser.add_subparsers(dest="command", required=True)
+    train = sub.add_parser("train", help="train on a rig and write the job's mesh")
+    train.add_argument("--data", required=True, help="transforms.json, or a folder holding one")
+    train.add_argument("--out", required=True, help="job directory (created)")
+    train.add_argument("--preset", choices=PRESETS, default="cpu")
+    train.add_argument("--iterations", type=int, help="training steps (default: the preset's)")
+    train.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+    train.add_argument("--resolution", type=int, help="marching cubes resolution (default: the preset's)")
+    train.add_argument("--preview-every", type=int, help="write a coarse preview mesh every N steps")
+    train.add_argument("--seed", type=int)
+    train.add_argument("--resume", action="store_true", help="go on from the job's last checkpoint")
+    extract = sub.add_parser("extract", help="extract the mesh of a job from its last checkpoint")
+    extract.add_argument("job", help="job directory")
+    extract.add_argument("--resolution", type=int)
+    return parser.parse_args(argv)
+
+
+def resolve_config(args):
+    saved = os.path.join(args.out, protocol.CONFIG_FILE)
+    if args.resume and os.path.exists(saved):
+        cfg = Config.from_dict(_read_json(saved))
+    else:
+        cfg = preset(args.preset)
+    if args.iterations is not None:
+        if args.iterations < 1:
+            raise InputError(f"--iterations must be at least 1, got {args.iterations}")
+        cfg.train.iterations = args.iterations
+    if args.resolution is not None:
+        if not 8 <= args.resolution <= 2048:
+            raise InputError(f"--resolution must be between 8 and 2048, got {args.resolution}")
+        cfg.mesh.resolution = args.resolution
+    if args.preview_every is not None:
+        cfg.train.preview_every = max(0, args.preview_every)
+    if args.seed is not None:
+        cfg.train.seed = args.seed
+    cfg.device = args.device
+    return cfg
+
+
+def _read_json(path):
+    import json
+    with open(path, encoding="utf-8") as f:
+        return json.load(f)
+
+
+def run_train(args, out):
+    import torch  # the engine's heavy imports happen after the job exists, so errors are reported
+
+    from .train import Cancelled, Trainer, resolve_device, write_config
+    cfg = resolve_config(args)
+    rig = load_rig(args.data)
+    device = resolve_device(cfg.device)
+    os.makedirs(args.out, exist_ok=True)
+    out.attach(args.out)
+    write_config(args.out, cfg)
+    torch.set_num_threads(max(1, os.cpu_count() or 1))
+    out.emit(protocol.STARTED, config=cfg.to_dict(), device=device, backend="torch",
+             job=os.path.abspath(args.out), data=rig.path, views=len(rig.views))
+    out.log(f"training {rig.path} ({len(rig.views)} views) with preset {cfg.preset} on {device}, "
+            f"{cfg.train.iterations} iterations, into {os.path.abspath(args.out)}")
+    cancel = CancelWatch()
+    try:
+        outputs = Trainer(cfg, rig, args.out, out, cancel.requested).run(resume=args.resume)
+    except Cancelled:
+        return protocol.EXIT_CANCELLED
+    finally:
+        cancel.restore()
+    out.emit(protocol.DONE, outputs=outputs)
+    return protocol.EXIT_OK
+
+
+def run_extract(args, out):
+    from .train import Trainer
+    job = args.job
+    if not os.path.isfile(os.path.join(job, protocol.CONFIG_FILE)):
+        raise RigError(f"{job}: not a job directory (no {protocol.CONFIG_FILE})")
+    cfg = Config.from_dict(_read_json(os.path.join(job, protocol.CONFIG_FILE)))
+    if args.resolution:
+        cfg.mesh.resolution = args.resolution
+    events = protocol.read_events(os.path.join(job, protocol.EVENTS_FILE))
+    data = next((e["data"] for e in events if e["event"] == protocol.STARTED), None)
+    latest = Trainer.latest_checkpoint(job)
+    if data is None or latest is None:
+        raise RigError(f"{job}: the job has no checkpoint to extract from")
+    out.attach(job)
+    trainer = Trainer(cfg, load_rig(data), job, out)
+    trainer.load()
+    trainer.load_checkpoint(latest)
+    out.emit(protocol.DONE, outputs=trainer.extract())
+    return protocol.EXIT_OK
+
+
+def main(argv=None):
+    args = parse_args(sys.argv[1:] if argv is None else argv)
+    out = Emitter()
+    try:
+        return run_train(args, out) if args.command == "train" else run_extract(args, out)
+    except (RigError, InputError) as exc:
+        # Bad input: one error event a user can act on, no traceback.
+        out.log(f"error: {exc}")
+        out.emit(protocol.ERROR, message=str(exc))
+        return protocol.EXIT_BAD_INPUT
+    except MemoryError:
+        out.emit(protocol.ERROR, message="out of memory: use the cpu preset, fewer iterations or a lower "
+                                         "--resolution, or close other programs")
+        return protocol.EXIT_FAILED
+    except Exception as exc:  # a bug or a resource failure: still one error event, the traceback on stderr
+        traceback.print_exc()
+        message = str(exc)
+        if "out of memory" in message.lower():
+            message = f"out of memory ({message.splitlines()[0]}): use a smaller preset or --resolution"
+        out.emit(protocol.ERROR, message=f"engine failed: {type(exc).__name__}: {message}")
+        return protocol.EXIT_FAILED
+    finally:
+        out.close()

@@ -1,0 +1,116 @@
+"""Training configurations: plain dataclasses, and the named presets (DESIGN.md, "Engine").
+
+A preset is a Config; command-line flags override single fields; the resolved Config is written to
+the job's config.json and sent in the `started` event.
+"""
+import dataclasses
+from dataclasses import dataclass, field
+
+from .encoding import HashGridConfig
+
+
+class InputError(ValueError):
+    """A command-line value or option the engine cannot use; the message says which and why."""
+
+
+@dataclass
+class NetworkConfig:
+    sdf_hidden: int = 64
+    sdf_layers: int = 1            # hidden layers of the SDF MLP
+    geo_features: int = 15         # SDF MLP outputs passed on to the colour MLP
+    color_hidden: int = 64
+    color_layers: int = 2
+    init_radius: float = 0.5       # geometric initialisation: a sphere of this radius
+
+
+@dataclass
+class RenderConfig:
+    samples_per_ray: int = 128     # candidate samples along each ray's chord through the unit sphere
+    occupancy_resolution: int = 64 # empty-space grid over [-1, 1]^3
+    occupancy_update_every: int = 16
+    init_inv_s: float = 20.0       # NeuS: initial inverse standard deviation of the logistic density
+    cos_anneal_iters: int = 200
+    background: float = 0.0        # grey level masked images are composited on
+
+
+@dataclass
+class TrainConfig:
+    iterations: int = 15000
+    rays_per_batch: int = 512
+    lr: float = 1e-2
+    lr_variance: float = 1e-3
+    warmup_iters: int = 50
+    final_lr_factor: float = 0.1
+    eikonal_weight: float = 0.1
+    mask_weight: float = 0.1
+    curvature_weight: float = 0.0
+    color_loss: str = "l1"         # l1 | huber
+    gradient: str = "numerical"    # numerical (Neuralangelo central differences) | analytic
+    start_levels: int = 4          # progressive levels: active at step 0
+    level_every: int = 100         # one more level every this many steps
+    checkpoint_every: int = 500
+    preview_every: int = 0         # 0: no preview meshes
+    seed: int = 0
+
+
+@dataclass
+class MeshConfig:
+    resolution: int = 256
+    block: int = 128               # marching cubes block edge (bounded memory)
+
+
+@dataclass
+class Config:
+    preset: str = "cpu"
+    encoding: HashGridConfig = field(default_factory=HashGridConfig)
+    network: NetworkConfig = field(default_factory=NetworkConfig)
+    render: RenderConfig = field(default_factory=RenderConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    mesh: MeshConfig = field(default_factory=MeshConfig)
+    device: str = "auto"
+
+    def to_dict(self):
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data):
+        return cls(preset=data["preset"], device=data.get("device", "auto"),
+                   encoding=HashGridConfig(**data["encoding"]), network=NetworkConfig(**data["network"]),
+                   render=RenderConfig(**data["render"]), train=TrainConfig(**data["train"]),
+                   mesh=MeshConfig(**data["mesh"]))
+
+
+def preset(name):
+    """The named preset's Config: 'fast' (NeuS2), 'quality' (Neuralangelo), 'cpu' (a laptop core)."""
+    if name == "fast":
+        return Config(
+            preset="fast",
+            encoding=HashGridConfig(levels=14, features=2, log2_table=19, base_resolution=16,
+                                    finest_resolution=2048),
+            network=NetworkConfig(sdf_hidden=64, sdf_layers=1, color_hidden=64, color_layers=2),
+            render=RenderConfig(samples_per_ray=512, occupancy_resolution=128),
+            train=TrainConfig(iterations=15000, rays_per_batch=4096, start_levels=4, level_every=50),
+            mesh=MeshConfig(resolution=512))
+    if name == "quality":
+        return Config(
+            preset="quality",
+            encoding=HashGridConfig(levels=16, features=8, log2_table=22, base_resolution=32,
+                                    finest_resolution=2048),
+            network=NetworkConfig(sdf_hidden=256, sdf_layers=1, color_hidden=256, color_layers=4),
+            render=RenderConfig(samples_per_ray=1024, occupancy_resolution=128),
+            train=TrainConfig(iterations=100000, rays_per_batch=4096, start_levels=4, level_every=5000,
+                              curvature_weight=5e-4),
+            mesh=MeshConfig(resolution=1024))
+    if name == "cpu":
+        return Config(
+            preset="cpu",
+            encoding=HashGridConfig(levels=10, features=2, log2_table=15, base_resolution=16,
+                                    finest_resolution=256),
+            network=NetworkConfig(sdf_hidden=64, sdf_layers=1, color_hidden=64, color_layers=2),
+            render=RenderConfig(samples_per_ray=128, occupancy_resolution=64),
+            train=TrainConfig(iterations=800, rays_per_batch=512, start_levels=4, level_every=60),
+            mesh=MeshConfig(resolution=256))
+    raise InputError(f"unknown preset {name!r}: choose cpu, fast or quality")
+
+
+PRESETS = ("cpu", "fast", "quality")

@@ -1,0 +1,229 @@
+"""Images, masks and rays of a rig, and the normalisation of its region of interest.
+
+The engine works in a normalised space where the region of interest is the unit sphere:
+p_norm = (p_world - center) / radius. With masks, the region is the bounding sphere of the visual hull;
+without, it is guessed from where the cameras look (a warning says so).
+"""
+import json
+import os
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from .rig import RigError
+
+try:
+    from PIL import Image
+except ImportError:  # pragma: no cover - the engine's own Python always has Pillow (build.py pins it)
+    Image = None
+
+
+@dataclass
+class Normalization:
+    center: np.ndarray  # world point mapped to the origin
+    radius: float       # world length mapped to 1
+
+    def to_world(self, points):
+        return points * self.radius + self.center
+
+    def to_normalized(self, points):
+        return (points - self.center) / self.radius
+
+    def matrix(self):
+        """4x4 mapping normalised coordinates to world (the IDR/NeuS `scale_mat`)."""
+        m = np.eye(4)
+        m[:3, :3] *= self.radius
+        m[:3, 3] = self.center
+        return m
+
+    def save(self, path):
+        tmp = path + ".tmp"
+        with open(tmp, "w", encoding="utf-8") as f:
+            json.dump({"center": self.center.tolist(), "radius": float(self.radius),
+                       "normalized_to_world": self.matrix().tolist()}, f, indent=2)
+        os.replace(tmp, path)
+
+    @classmethod
+    def load(cls, path):
+        with open(path, encoding="utf-8") as f:
+            data = json.load(f)
+        return cls(center=np.array(data["center"], dtype=float), radius=float(data["radius"]))
+
+
+def load_image(path, where):
+    """(H, W, 3) float32 RGB in [0, 1] and the alpha channel (H, W) or None."""
+    if Image is None:
+        raise RigError("Pillow is not installed in the engine's Python; run `python3 build.py setup`")
+    try:
+        with Image.open(path) as im:
+            im.load()
+            has_alpha = im.mode in ("RGBA", "LA") or (im.mode == "P" and "transparency" in im.info)
+            array = np.asarray(im.convert("RGBA" if has_alpha else "RGB"), dtype=np.float32) / 255.0
+    except (OSError, ValueError) as exc:
+        raise RigError(f"{path}: cannot read image for {where} ({exc})") from None
+    return array[..., :3], (array[..., 3] if has_alpha else None)
+
+
+def undistort_points(x, y, k1, k2, p1, p2, iterations=10):
+    """Normalised image coordinates through the inverse OpenCV k1 k2 p1 p2 model (fixed-point
+    iteration). Plain arithmetic, so it serves numpy arrays and torch tensors alike."""
+    x0, y0 = x, y
+    for _ in range(iterations):
+        r2 = x * x + y * y
+        radial = 1 + k1 * r2 + k2 * r2 * r2
+        dx = 2 * p1 * x * y + p2 * (r2 + 2 * x * x)
+        dy = p1 * (r2 + 2 * y * y) + 2 * p2 * x * y
+        x, y = (x0 - dx) / radial, (y0 - dy) / radial
+    return x, y
+
+
+def camera_rays(view, pixels_xy):
+    """World-space ray directions (unit, OpenCV camera) through pixel centres `pixels_xy` (N, 2)."""
+    K = np.asarray(view.K, dtype=float)
+    xy = (pixels_xy + 0.5 - K[:2, 2]) / np.array([K[0, 0], K[1, 1]])
+    if view.distortion is not None:
+        xy = np.stack(undistort_points(xy[:, 0], xy[:, 1], *view.distortion), -1)
+    dirs = np.concatenate([xy, np.ones((len(xy), 1))], -1) @ np.asarray(view.c2w)[:3, :3].T
+    return dirs / np.linalg.norm(dirs, axis=-1, keepdims=True)
+
+
+def project(view, points):
+    """Pixel coordinates (N, 2) and depth (N,) of world points in `view` (no distortion)."""
+    w2c = np.linalg.inv(np.asarray(view.c2w))
+    cam = points @ w2c[:3, :3].T + w2c[:3, 3]
+    z = cam[:, 2]
+    uv = cam[:, :2] / np.where(np.abs(z) < 1e-9, 1e-9, z)[:, None]
+    K = np.asarray(view.K)
+    return uv * np.array([K[0, 0], K[1, 1]]) + K[:2, 2], z
+
+
+def carve(views, masks, points, min_seen=0.5):
+    """Which points lie inside every silhouette that sees them and are seen by at least `min_seen` of
+    the views (a point that few cameras frame, near one camera say, is not constrained enough)."""
+    inside = np.ones(len(points), dtype=bool)
+    seen = np.zeros(len(points), dtype=np.int32)
+    for view, mask in zip(views, masks):
+        px, z = project(view, points)
+        h, w = mask.shape
+        col, row = np.floor(px[:, 0]).astype(np.int64), np.floor(px[:, 1]).astype(np.int64)
+        visible = (z > 0) & (col >= 0) & (col < w) & (row >= 0) & (row < h)
+        hit = np.zeros(len(points), dtype=bool)
+        hit[visible] = mask[row[visible], col[visible]]
+        inside &= hit | ~visible
+        seen += visible
+    return inside & (seen >= max(2, min_seen * len(views)))
+
+
+def look_at_center(views):
+    """The point nearest (least squares) to all cameras' optical axes."""
+    A, b = np.zeros((3, 3)), np.zeros(3)
+    for view in views:
+        o, d = np.asarray(view.c2w)[:3, 3], np.asarray(view.c2w)[:3, 2]
+        P = np.eye(3) - np.outer(d, d)
+        A += P
+        b += P @ o
+    return np.linalg.lstsq(A, b, rcond=None)[0]
+
+
+def grid_points(center, half, resolution):
+    axis = (np.arange(resolution) + 0.5) / resolution * 2 - 1
+    g = np.stack(np.meshgrid(axis, axis, axis, indexing="ij"), -1).reshape(-1, 3)
+    return center + g * half
+
+
+def estimate_normalization(views, masks, margin=1.1):
+    """The region of interest as a Normalization, and warnings (a list of str)."""
+    center = look_at_center(views)
+    cams = np.array([np.asarray(v.c2w)[:3, 3] for v in views])
+    distance = np.linalg.norm(cams - center, axis=1)
+    if masks is None:
+        return Normalization(center, 0.5 * float(np.median(distance))), [
+            "no masks: the region to reconstruct is guessed from where the cameras look "
+            f"(a sphere of radius {0.5 * float(np.median(distance)):.3g} around their common focus)"]
+    half, res = float(distance.max()), 96
+    pts = grid_points(center, half, res)
+    keep = carve(views, masks, pts)
+    if not keep.any():
+        raise RigError("the masks leave nothing: no point lies inside every silhouette "
+                       "(are the masks inverted, or the cameras wrong?)")
+    # Refine once on a grid fitted to the first hull, then take its bounding sphere.
+    lo, hi = pts[keep].min(0) - 2 * half / res, pts[keep].max(0) + 2 * half / res
+    center2, half2 = (lo + hi) / 2, float((hi - lo).max() / 2)
+    pts = grid_points(center2, half2, res)
+    keep = carve(views, masks, pts)
+    hull = pts[keep]
+    lo, hi = hull.min(0), hull.max(0)
+    sphere_center = (lo + hi) / 2
+    radius = float(np.linalg.norm(hull - sphere_center, axis=1).max() + np.sqrt(3) * half2 / res)
+    return Normalization(sphere_center, radius * margin), []
+
+
+class RayDataset:
+    """All pixels of all views, with per-view cameras in normalised space, for random ray batches."""
+
+    def __init__(self, rig, background=0.0, log=None, normalization=None):
+        views = rig.views
+        rgbs, masks, any_alpha = [], [], False
+        for i, view in enumerate(views):
+            rgb, alpha = load_image(view.image_path, f"view {i} of {rig.path}")
+            if rgb.shape[:2] != (view.height, view.width):
+                raise RigError(f"{view.image_path}: image is {rgb.shape[1]}x{rgb.shape[0]} but the rig "
+                               f"says {view.width}x{view.height}")
+            if view.mask_path:
+                m, _ = load_image(view.mask_path, f"mask of view {i}")
+                alpha = (m[..., 0] > 0.5).astype(np.float32)
+            any_alpha |= alpha is not None
+            rgbs.append(rgb)
+            masks.append(alpha)
+        self.has_masks = any_alpha
+        if any_alpha:
+            masks = [np.ones(r.shape[:2], np.float32) if m is None else (m > 0.5).astype(np.float32)
+                     for r, m in zip(rgbs, masks)]
+            # Straight alpha: composite onto the background the renderer composites onto.
+            rgbs = [r * m[..., None] + background * (1 - m[..., None]) for r, m in zip(rgbs, masks)]
+        self.views = views
+        self.warnings = []
+        if normalization is None:
+            normalization, self.warnings = estimate_normalization(
+                views, [m > 0.5 for m in masks] if any_alpha else None)
+        self.normalization = normalization
+        self.sizes = [(v.height, v.width) for v in views]
+        counts = np.array([h * w for h, w in self.sizes])
+        self.offsets = np.concatenate([[0], np.cumsum(counts)])
+        self.rgb = torch.from_numpy(np.concatenate([r.reshape(-1, 3) for r in rgbs]).astype(np.float32))
+        self.mask = (torch.from_numpy(np.concatenate([m.reshape(-1) for m in masks]).astype(np.float32))
+                     if any_alpha else None)
+        self.masks_np = [m > 0.5 for m in masks] if any_alpha else None
+        # Per-view camera in normalised space: rotation (3x3) and origin, plus inverse intrinsics.
+        self.rotations = torch.tensor(np.stack([np.asarray(v.c2w)[:3, :3] for v in views]), dtype=torch.float32)
+        self.origins = torch.tensor(np.stack([normalization.to_normalized(np.asarray(v.c2w)[:3, 3])
+                                              for v in views]), dtype=torch.float32)
+        self.focal = torch.tensor([[v.K[0, 0], v.K[1, 1]] for v in views], dtype=torch.float32)
+        self.principal = torch.tensor([[v.K[0, 2], v.K[1, 2]] for v in views], dtype=torch.float32)
+        self.widths = torch.tensor([v.width for v in views], dtype=torch.int64)
+        self.view_offsets = torch.tensor(self.offsets[:-1], dtype=torch.int64)
+        self.distortion = (torch.tensor([[0.0] * 4 if v.distortion is None else list(v.distortion)
+                                         for v in views], dtype=torch.float32)
+                           if any(v.distortion is not None for v in views) else None)
+
+    @property
+    def pixel_count(self):
+        return int(self.offsets[-1])
+
+    def rays(self, flat_index):
+        """Origins, unit directions (normalised space), RGB and mask of flat pixel indices."""
+        view = torch.searchsorted(self.view_offsets, flat_index, right=True) - 1
+        local = flat_index - self.view_offsets[view]
+        row, col = local // self.widths[view], local % self.widths[view]
+        xy = (torch.stack([col, row], -1).float() + 0.5 - self.principal[view]) / self.focal[view]
+        if self.distortion is not None:
+            xy = torch.stack(undistort_points(xy[:, 0], xy[:, 1], *self.distortion[view].unbind(-1)), -1)
+        cam = torch.cat([xy, torch.ones_like(xy[:, :1])], -1)
+        dirs = torch.einsum("nij,nj->ni", self.rotations[view], cam)
+        dirs = dirs / dirs.norm(dim=-1, keepdim=True)
+        mask = self.mask[flat_index] if self.mask is not None else None
+        return self.origins[view], dirs, self.rgb[flat_index], mask
+
+    def sample(self, count, generator):
+        return self.rays(torch.randint(0, self.pixel_count, (count,), generator=generator))

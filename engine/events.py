@@ -1,0 +1,79 @@
+"""The engine's side of the event contract: JSON lines on stdout (copied to events.jsonl), human
+log lines on stderr, and the cancel request (a `cancel` line on stdin, SIGINT or SIGTERM)."""
+import os
+import signal
+import sys
+import threading
+import time
+
+from . import protocol
+
+
+class Emitter:
+    def __init__(self, job_dir=None, stream=None):
+        self.start = time.monotonic()
+        self.stream = stream or sys.stdout
+        self.file = None
+        if job_dir is not None:
+            self.attach(job_dir)
+
+    def attach(self, job_dir):
+        """Start copying events into JOB/events.jsonl (appending: a resumed job keeps its history)."""
+        os.makedirs(job_dir, exist_ok=True)
+        self.file = open(os.path.join(job_dir, protocol.EVENTS_FILE), "a", encoding="utf-8")
+
+    def elapsed(self):
+        return time.monotonic() - self.start
+
+    def emit(self, kind, **fields):
+        line = protocol.encode(protocol.make_event(kind, self.elapsed(), **fields))
+        self.stream.write(line + "\n")
+        self.stream.flush()
+        if self.file is not None:
+            self.file.write(line + "\n")
+            self.file.flush()
+
+    def log(self, message):
+        sys.stderr.write(f"[marble {self.elapsed():7.1f}s] {message}\n")
+        sys.stderr.flush()
+
+    def warn(self, message):
+        self.log("warning: " + message)
+        self.emit(protocol.WARNING, message=message)
+
+    def close(self):
+        if self.file is not None:
+            self.file.close()
+            self.file = None
+
+
+class CancelWatch:
+    """Sets `requested` on a `cancel` line on stdin, SIGINT or SIGTERM; the training loop polls it."""
+
+    def __init__(self, stdin=None):
+        self.requested = threading.Event()
+        self._previous = {}
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            try:
+                self._previous[sig] = signal.signal(sig, self._on_signal)
+            except ValueError:  # not the main thread (tests calling the trainer directly)
+                pass
+        stdin = sys.stdin if stdin is None else stdin
+        if stdin is not None and not stdin.isatty():
+            threading.Thread(target=self._read, args=(stdin,), daemon=True, name="marble-stdin").start()
+
+    def _on_signal(self, signum, frame):
+        self.requested.set()
+
+    def _read(self, stdin):
+        try:
+            for line in stdin:
+                if line.strip() == protocol.CANCEL_LINE:
+                    self.requested.set()
+                    return
+        except (OSError, ValueError):
+            return
+
+    def restore(self):
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)

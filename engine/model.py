@@ -1,0 +1,115 @@
+"""The SDF and colour networks (NeuS2 layout) and NeuS's learned sharpness.
+
+Positions are in the engine's normalised space, the unit sphere inside [-1, 1]^3.
+"""
+import math
+
+import torch
+from torch import nn
+
+from .encoding import HashGrid
+
+# Numerical gradient taps: central differences along each axis (Neuralangelo).
+TAP_OFFSETS = torch.tensor([[1, 0, 0], [-1, 0, 0], [0, 1, 0], [0, -1, 0], [0, 0, 1], [0, 0, -1]],
+                           dtype=torch.float32)
+
+
+class SDFNetwork(nn.Module):
+    """Hash grid + a small MLP: position -> (signed distance, geometry features)."""
+
+    def __init__(self, enc_cfg, net_cfg):
+        super().__init__()
+        self.grid = HashGrid(enc_cfg)
+        self.geo_features = net_cfg.geo_features
+        dims = [3 + self.grid.output_dim] + [net_cfg.sdf_hidden] * net_cfg.sdf_layers + [1 + net_cfg.geo_features]
+        self.layers = nn.ModuleList(nn.Linear(a, b) for a, b in zip(dims[:-1], dims[1:]))
+        self.activation = nn.Softplus(beta=100)
+        self._geometric_init(net_cfg.init_radius)
+
+    def _geometric_init(self, radius):
+        """Start as the SDF of a sphere (Atzmon & Lipman's initialisation, as NeuS does)."""
+        for i, layer in enumerate(self.layers):
+            out_dim, in_dim = layer.weight.shape
+            if i == len(self.layers) - 1:
+                nn.init.normal_(layer.weight, mean=math.sqrt(math.pi) / math.sqrt(in_dim), std=1e-4)
+                nn.init.constant_(layer.bias, -radius)
+            else:
+                nn.init.normal_(layer.weight, 0.0, math.sqrt(2) / math.sqrt(out_dim))
+                nn.init.constant_(layer.bias, 0.0)
+                if i == 0:  # the encoding starts silent; the grid learns detail on top of the sphere
+                    nn.init.constant_(layer.weight[:, 3:], 0.0)
+
+    def forward(self, x):
+        """x: (N, 3) in [-1, 1] -> sdf (N,), features (N, geo_features)."""
+        h = torch.cat([x, self.grid((x + 1) * 0.5)], -1)
+        for i, layer in enumerate(self.layers):
+            h = layer(h)
+            if i < len(self.layers) - 1:
+                h = self.activation(h)
+        return h[:, 0], h[:, 1:]
+
+    def finest_cell(self):
+        """Edge, in normalised units, of a cell of the finest active level."""
+        return 2.0 / self.grid.resolutions[self.grid.active_levels - 1]
+
+    def with_gradient(self, x, eps, mode="numerical", curvature=False):
+        """sdf, gradient (N, 3), features, and the Laplacian (or None) at x.
+
+        numerical: central differences with step eps from 6 taps, the Laplacian from the same taps;
+        analytic: autograd with create_graph (double backward through the hash grid).
+        """
+        if mode == "analytic":
+            with torch.enable_grad():
+                x = x.detach().requires_grad_(True)
+                sdf, feat = self(x)
+                grad = torch.autograd.grad(sdf.sum(), x, create_graph=True)[0]
+            return sdf, grad, feat, None
+        n = x.shape[0]
+        taps = (x[None] + eps * TAP_OFFSETS.to(x)[:, None, :]).reshape(-1, 3)
+        sdf_all, feat = self(torch.cat([x, taps], 0))
+        sdf, tap_sdf = sdf_all[:n], sdf_all[n:].view(6, n)
+        grad = torch.stack([tap_sdf[0] - tap_sdf[1], tap_sdf[2] - tap_sdf[3], tap_sdf[4] - tap_sdf[5]], -1) / (2 * eps)
+        laplacian = (tap_sdf.sum(0) - 6 * sdf) / eps ** 2 if curvature else None
+        return sdf, grad, feat[:n], laplacian
+
+
+class ColorNetwork(nn.Module):
+    """(geometry features, normal, view direction) -> RGB in [0, 1]."""
+
+    def __init__(self, net_cfg):
+        super().__init__()
+        dims = [net_cfg.geo_features + 6] + [net_cfg.color_hidden] * net_cfg.color_layers + [3]
+        layers = []
+        for a, b in zip(dims[:-1], dims[1:]):
+            layers += [nn.Linear(a, b), nn.ReLU(inplace=True)]
+        self.mlp = nn.Sequential(*layers[:-1])
+
+    def forward(self, features, normals, dirs):
+        return torch.sigmoid(self.mlp(torch.cat([features, normals, dirs], -1)))
+
+
+class Sharpness(nn.Module):
+    """NeuS's inverse standard deviation s of the logistic density, learned as exp(10 * v)."""
+
+    def __init__(self, init_inv_s):
+        super().__init__()
+        self.variance = nn.Parameter(torch.tensor(math.log(init_inv_s) / 10.0))
+
+    def forward(self):
+        return torch.exp(self.variance * 10.0).clamp(1e-6, 1e6)
+
+
+class SDFModel(nn.Module):
+    def __init__(self, cfg):
+        super().__init__()
+        self.sdf = SDFNetwork(cfg.encoding, cfg.network)
+        self.color = ColorNetwork(cfg.network)
+        self.sharpness = Sharpness(cfg.render.init_inv_s)
+
+    def param_groups(self, train_cfg):
+        return [
+            {"params": [self.sdf.grid.table], "lr": train_cfg.lr, "name": "grid"},
+            {"params": list(self.sdf.layers.parameters()) + list(self.color.parameters()),
+             "lr": train_cfg.lr, "name": "mlp"},
+            {"params": list(self.sharpness.parameters()), "lr": train_cfg.lr_variance, "name": "variance"},
+        ]

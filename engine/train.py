@@ -1,0 +1,266 @@
+"""Static-scene training: NeuS volume rendering of a hash-grid SDF, with progressive levels,
+numerical gradients, eikonal/curvature/mask losses, checkpoints, cancel and resume."""
+import glob
+import json
+import math
+import os
+import random
+import time
+
+import numpy as np
+import torch
+
+from . import protocol
+from .config import Config, InputError
+from .data import Normalization, RayDataset, carve
+from .mesh import extract_mesh, write_ply
+from .model import SDFModel
+from .render import OccupancyGrid, render_rays
+
+
+class Cancelled(Exception):
+    pass
+
+
+def resolve_device(name):
+    if name in ("auto", None):
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if name == "cuda" and not torch.cuda.is_available():
+        raise InputError("--device cuda was asked for, but this Python's torch sees no CUDA GPU "
+                         f"(torch {torch.__version__}); use --device cpu")
+    return name
+
+
+def learning_rate_factor(step, cfg):
+    """Linear warm-up, then exponential decay to final_lr_factor at the last step."""
+    if step < cfg.warmup_iters:
+        return (step + 1) / cfg.warmup_iters
+    progress = (step - cfg.warmup_iters) / max(1, cfg.iterations - cfg.warmup_iters)
+    return cfg.final_lr_factor ** min(1.0, progress)
+
+
+def active_levels(step, cfg, levels):
+    return min(levels, cfg.train.start_levels + step // max(1, cfg.train.level_every))
+
+
+def region_grid(dataset, resolution):
+    """Occupancy region: the unit sphere, cut to the visual hull (dilated 2 cells) when masks exist."""
+    if not dataset.has_masks:
+        return None
+    axis = (np.arange(resolution) + 0.5) / resolution * 2 - 1
+    centers = np.stack(np.meshgrid(axis, axis, axis, indexing="ij"), -1).reshape(-1, 3)
+    inside = carve(dataset.views, dataset.masks_np, dataset.normalization.to_world(centers))
+    hull = torch.from_numpy(inside.reshape(1, 1, resolution, resolution, resolution)).float()
+    dilated = torch.nn.functional.max_pool3d(hull, kernel_size=5, stride=1, padding=2)
+    return dilated.reshape(-1) > 0
+
+
+class Trainer:
+    def __init__(self, cfg: Config, rig, job_dir, emitter, cancel=None):
+        self.cfg, self.rig, self.job_dir, self.out = cfg, rig, job_dir, emitter
+        self.cancel = cancel
+        self.device = resolve_device(cfg.device)
+        torch.manual_seed(cfg.train.seed)
+        random.seed(cfg.train.seed)
+        self.generator = torch.Generator().manual_seed(cfg.train.seed)
+        for sub in (protocol.CHECKPOINTS_DIR, protocol.MESHES_DIR, protocol.PREVIEWS_DIR):
+            os.makedirs(os.path.join(job_dir, sub), exist_ok=True)
+
+    # -- set-up ------------------------------------------------------------------------------
+    def load(self):
+        self.out.emit(protocol.STAGE, name="load")
+        norm_path = os.path.join(self.job_dir, protocol.NORMALIZATION_FILE)
+        normalization = Normalization.load(norm_path) if os.path.exists(norm_path) else None
+        self.data = RayDataset(self.rig, background=self.cfg.render.background, normalization=normalization)
+        for message in self.rig.warnings + self.data.warnings:
+            self.out.warn(message)
+        self.data.normalization.save(norm_path)
+        n = self.data.normalization
+        self.out.log(f"{len(self.rig.views)} views, {self.data.pixel_count} pixels, masks: "
+                     f"{'yes' if self.data.has_masks else 'no'}; region: centre {np.round(n.center, 4).tolist()}, "
+                     f"radius {n.radius:.4g}")
+        self.model = SDFModel(self.cfg)
+        self.grid = OccupancyGrid(self.cfg.render.occupancy_resolution,
+                                  region_grid(self.data, self.cfg.render.occupancy_resolution))
+        self.optimizer = torch.optim.Adam(self.model.param_groups(self.cfg.train), betas=(0.9, 0.99), eps=1e-15)
+        self.base_lrs = [g["lr"] for g in self.optimizer.param_groups]
+        self.step = 0
+        self.history = []
+
+    # -- checkpoints ----------------------------------------------------------------------------
+    def checkpoint_path(self, step):
+        return os.path.join(self.job_dir, protocol.CHECKPOINTS_DIR, f"step_{step:07d}.pt")
+
+    def save_checkpoint(self):
+        path = self.checkpoint_path(self.step)
+        state = {"step": self.step, "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
+                 "grid": self.grid.state_dict(), "generator": self.generator.get_state(),
+                 "torch_rng": torch.get_rng_state(), "config": self.cfg.to_dict()}
+        torch.save(state, path + ".tmp")
+        os.replace(path + ".tmp", path)
+        for old in sorted(glob.glob(os.path.join(self.job_dir, protocol.CHECKPOINTS_DIR, "step_*.pt")))[:-2]:
+            os.remove(old)  # keep the last two: one may be half-read by a concurrent extract
+        return path
+
+    def load_checkpoint(self, path):
+        state = torch.load(path, map_location="cpu", weights_only=False)
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.grid.load_state_dict(state["grid"])
+        self.generator.set_state(state["generator"])
+        torch.set_rng_state(state["torch_rng"])
+        self.step = state["step"]
+
+    @staticmethod
+    def latest_checkpoint(job_dir):
+        found = sorted(glob.glob(os.path.join(job_dir, protocol.CHECKPOINTS_DIR, "step_*.pt")))
+        return found[-1] if found else None
+
+    # -- training -------------------------------------------------------------------------------
+    def sdf_fn(self, x):
+        return self.model.sdf(x)[0]
+
+    def train_step(self):
+        cfg, tc = self.cfg, self.cfg.train
+        levels = active_levels(self.step, cfg, cfg.encoding.levels)
+        self.model.sdf.grid.set_active_levels(levels)
+        eps = self.model.sdf.finest_cell()
+        if self.step % cfg.render.occupancy_update_every == 0:
+            self.grid.update(self.sdf_fn, self.model.sharpness())
+        factor = learning_rate_factor(self.step, tc)
+        for group, base in zip(self.optimizer.param_groups, self.base_lrs):
+            group["lr"] = base * factor
+        origins, dirs, rgb_gt, mask = self.data.sample(tc.rays_per_batch, self.generator)
+        out = render_rays(self.model, self.grid, origins, dirs, cfg.render.samples_per_ray,
+                          cos_anneal=min(1.0, self.step / max(1, cfg.render.cos_anneal_iters)), eps=eps,
+                          gradient=tc.gradient, curvature=tc.curvature_weight > 0, generator=self.generator)
+        rgb = out["rgb"] + (1.0 - out["opacity"][:, None]) * cfg.render.background
+        diff = rgb - rgb_gt
+        color_loss = (torch.nn.functional.huber_loss(rgb, rgb_gt, delta=0.1) if tc.color_loss == "huber"
+                      else diff.abs().mean())
+        losses = {"color": color_loss}
+        if out["grad"].shape[0]:
+            losses["eikonal"] = ((out["grad"].norm(dim=-1) - 1.0) ** 2).mean()
+            if out["laplacian"] is not None:
+                losses["curvature"] = out["laplacian"].abs().mean()
+        if mask is not None:
+            opacity = out["opacity"].clamp(1e-3, 1.0 - 1e-3)
+            losses["mask"] = torch.nn.functional.binary_cross_entropy(opacity, mask)
+        weights = {"color": 1.0, "eikonal": tc.eikonal_weight, "mask": tc.mask_weight,
+                   "curvature": tc.curvature_weight * curvature_schedule(self.step, cfg)}
+        loss = sum(weights[k] * v for k, v in losses.items())
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        self.optimizer.step()
+        self.step += 1
+        mse = float((diff.detach() ** 2).mean())
+        return float(loss), {k: float(v) for k, v in losses.items()}, -10.0 * math.log10(max(mse, 1e-10)), levels
+
+    def run(self, resume=False):
+        tc = self.cfg.train
+        self.load()
+        if resume:
+            latest = self.latest_checkpoint(self.job_dir)
+            if latest is None:
+                self.out.warn("--resume: the job has no checkpoint yet; starting from the beginning")
+            else:
+                self.load_checkpoint(latest)
+                self.out.log(f"resumed from {latest} at step {self.step}")
+        self.out.emit(protocol.STAGE, name="train")
+        start_step, started, last_report = self.step, time.monotonic(), 0.0
+        while self.step < tc.iterations:
+            if self.cancel is not None and self.cancel.is_set():
+                path = self.save_checkpoint()
+                self.out.log(f"cancelled at step {self.step}; checkpoint {path}")
+                self.out.emit(protocol.CANCELLED, checkpoint=path, iteration=self.step)
+                raise Cancelled()
+            loss, losses, psnr, levels = self.train_step()
+            now = time.monotonic()
+            if now - last_report > 0.5 or self.step == tc.iterations or self.step == start_step + 1:
+                last_report = now
+                rate = (self.step - start_step) / max(now - started, 1e-6)
+                eta = (tc.iterations - self.step) / max(rate, 1e-6)
+                self.history.append((self.step, loss, psnr))
+                self.out.emit(protocol.PROGRESS, iteration=self.step, total=tc.iterations, loss=round(loss, 6),
+                              losses={k: round(v, 6) for k, v in losses.items()}, psnr=round(psnr, 3),
+                              eta_s=round(eta, 1), frame=None, levels=levels,
+                              inv_s=round(float(self.model.sharpness()), 2), it_per_s=round(rate, 2))
+                self.out.log(f"step {self.step}/{tc.iterations} loss {loss:.4f} psnr {psnr:.2f} "
+                             f"levels {levels} s {float(self.model.sharpness()):.1f} {rate:.2f} it/s eta {eta:.0f}s")
+            if tc.checkpoint_every and self.step % tc.checkpoint_every == 0 and self.step < tc.iterations:
+                self.save_checkpoint()
+            if tc.preview_every and self.step % tc.preview_every == 0 and self.step < tc.iterations:
+                self.write_preview()
+        self.save_checkpoint()
+        return self.extract()
+
+    # -- meshes ---------------------------------------------------------------------------------
+    def region_bounds(self):
+        cells = self.grid.cell_centers()[self.grid.region]
+        half_cell = self.grid.cell_size / 2
+        lo = (cells.min(0).values - half_cell).clamp(-1, 1).numpy()
+        hi = (cells.max(0).values + half_cell).clamp(-1, 1).numpy()
+        center, half = (lo + hi) / 2, float((hi - lo).max() / 2)
+        return center - half, center + half
+
+    def mesh(self, resolution):
+        """The surface in WORLD coordinates with vertex colours (the normal as viewing direction)."""
+        self.model.sdf.grid.set_active_levels(self.cfg.encoding.levels)
+        region = self.grid.region
+
+        def inside(points):
+            return region[self.grid.index(points)]
+
+        vertices, faces = extract_mesh(self.sdf_fn, resolution, self.region_bounds(),
+                                       block=self.cfg.mesh.block, inside_fn=inside)
+        colors = self.vertex_colors(vertices) if len(vertices) else None
+        return self.data.normalization.to_world(vertices), faces, colors
+
+    @torch.no_grad()
+    def vertex_colors(self, vertices, chunk=65536):
+        colors = []
+        for x in torch.tensor(vertices, dtype=torch.float32).split(chunk):
+            _, grad, feat, _ = self.model.sdf.with_gradient(x, self.model.sdf.finest_cell())
+            normal = grad / grad.norm(dim=-1, keepdim=True).clamp_min(1e-6)
+            colors.append(self.model.color(feat, normal, -normal))
+        return torch.cat(colors).numpy()
+
+    def write_preview(self):
+        levels = self.model.sdf.grid.active_levels
+        vertices, faces, colors = self.mesh(64)
+        self.model.sdf.grid.set_active_levels(levels)
+        path = os.path.join(self.job_dir, protocol.PREVIEWS_DIR, f"preview_{self.step:07d}.ply")
+        write_ply(path, vertices, faces, colors)
+        self.out.emit(protocol.PREVIEW, path=path, iteration=self.step)
+
+    def extract(self):
+        self.out.emit(protocol.STAGE, name="extract")
+        resolution = self.cfg.mesh.resolution
+        self.out.log(f"extracting the surface at resolution {resolution}")
+        vertices, faces, colors = self.mesh(resolution)
+        if len(faces) == 0:
+            raise RuntimeError("training ended without a surface (the SDF has no zero crossing in the region); "
+                               "check the masks and cameras, or train for more iterations")
+        path = os.path.join(self.job_dir, protocol.MESHES_DIR, protocol.STATIC_MESH_FILE)
+        write_ply(path, vertices, faces, colors)
+        self.out.log(f"wrote {path}: {len(vertices)} vertices, {len(faces)} faces")
+        self.out.emit(protocol.MESH, path=path, frame=None, vertices=len(vertices), faces=len(faces))
+        return {"mesh": path}
+
+
+def curvature_schedule(step, cfg):
+    """Neuralangelo's curvature weight factor: linear warm-up over the first `level_every` steps, then
+    divided by the level growth factor each time a level opens (it follows the shrinking step)."""
+    tc = cfg.train
+    warm = min(1.0, step / max(1, tc.level_every))
+    e = cfg.encoding
+    growth = (e.finest_resolution / e.base_resolution) ** (1.0 / max(1, e.levels - 1))
+    opened = active_levels(step, cfg, e.levels) - min(tc.start_levels, e.levels)
+    return warm / growth ** opened
+
+
+def write_config(job_dir, cfg):
+    path = os.path.join(job_dir, protocol.CONFIG_FILE)
+    with open(path + ".tmp", "w", encoding="utf-8") as f:
+        json.dump(cfg.to_dict(), f, indent=2)
+    os.replace(path + ".tmp", path)
