@@ -1,0 +1,458 @@
+# SPDX-License-Identifier: GPL-3.0-or-later
+"""The job client: runs `python -m engine train` in the engine's own Python and follows its events.
+
+A reader thread moves decoded stdout events onto a queue and touches nothing else. `tick()` drains
+the queue on Blender's main thread, updates `wm.marble_job`, and imports the mesh when the engine is
+done. In Blender, `tick` runs as a `bpy.app.timers` callback; the headless bpy module runs no timers,
+so tests and the demo call it in a loop until it returns None.
+"""
+import atexit
+import collections
+import os
+import queue
+import subprocess
+import threading
+import time
+import traceback
+
+import bpy
+
+from ..engine import protocol
+from . import PACKAGE, ROOT, preferences
+from . import scene as builders
+
+TICK_SECONDS = 0.2          # how often the timer drains events while a job runs
+MAX_EVENTS_PER_TICK = 200   # keep one tick short even when the engine floods its output
+CANCEL_GRACE_S = 30.0       # after a cancel request: wait this long, then SIGTERM, then as long again, SIGKILL
+EXIT_GRACE_S = 5.0          # the engine exited but something still holds its stdout open
+LOG_TAIL_LINES = 12
+
+_EOF = object()             # put on the queue by the reader thread when stdout closes
+
+
+class JobError(Exception):
+    """A job that cannot start; the message tells the user what to do."""
+
+
+class Job:
+    def __init__(self, process, command, job_dir, log_path, log_offset, scene_name, collection_name):
+        self.process = process
+        self.command = command
+        self.job_dir = job_dir
+        self.log_path = log_path
+        self.log_offset = log_offset          # where this run's output starts in engine.log
+        self.scene_name = scene_name
+        self.collection_name = collection_name
+        self.events = queue.Queue()
+        self.stray_lines = collections.deque(maxlen=LOG_TAIL_LINES)  # stdout lines that are no events
+        self.final = None                     # kind of the final event once it arrived
+        self.final_at = None
+        self.eof = False
+        self.exited_at = None
+        self.cancel_requested_at = None
+        self.terminated_at = None
+        self.preview_name = None
+        self.reader = threading.Thread(target=_read_events, args=(process.stdout, self.events, self.stray_lines),
+                                       name="marble-engine-reader", daemon=True)
+
+
+_job = None
+
+
+def _read_events(stream, events, stray_lines):
+    # Runs on the reader thread: only the queue and the deque are touched here, never Blender data.
+    try:
+        for line in stream:
+            event = protocol.decode(line)
+            if event is not None:
+                events.put(event)
+            elif line.strip():
+                stray_lines.append(line.rstrip())
+    except (OSError, ValueError):
+        pass
+    finally:
+        events.put(_EOF)
+
+
+def engine_root():
+    """The folder that holds the `engine` package (the extension's root); tests point it elsewhere."""
+    return ROOT
+
+
+def is_running():
+    return _job is not None
+
+
+def current_job():
+    return _job
+
+
+def engine_environment(root):
+    env = dict(os.environ)
+    env.pop("PYTHONHOME", None)  # Blender's own Python home must not leak into the engine's Python
+    env["PYTHONPATH"] = root + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
+    env["PYTHONUNBUFFERED"] = "1"  # events must arrive as they happen, not when a buffer fills
+    env["PYTHONIOENCODING"] = "utf-8"
+    return env
+
+
+def build_command(python, settings, rig_path, job_dir):
+    command = [python, "-m", "engine", "train", "--data", rig_path, "--out", job_dir,
+               "--preset", settings.preset, "--device", settings.device,
+               "--resolution", str(settings.resolution)]
+    if settings.iterations > 0:
+        command += ["--iterations", str(settings.iterations)]
+    return command
+
+
+def new_job_dir():
+    """A fresh timestamped folder under the extension's user folder."""
+    base = bpy.utils.extension_path_user(PACKAGE, path="jobs", create=True)
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    path, n = os.path.join(base, stamp), 1
+    while os.path.exists(path):
+        n += 1
+        path = os.path.join(base, f"{stamp}-{n}")
+    os.makedirs(path)
+    return path
+
+
+def start(context):
+    """Start training the scene's rig; raises JobError with a message for the user when it cannot."""
+    global _job
+    if _job is not None:
+        raise JobError("A Marble job is already running: wait for it or cancel it first")
+    settings = context.scene.marble
+    if not settings.rig_path:
+        raise JobError("No camera rig: import one first (Marble > Import Rig)")
+    rig_path = os.path.abspath(bpy.path.abspath(settings.rig_path))
+    if not os.path.exists(rig_path):
+        raise JobError(f"The rig file does not exist any more: {rig_path}")
+    python = preferences.python_path()
+    if not python:
+        raise JobError("No Python interpreter for the engine: set one that has torch installed in "
+                       "Preferences > Add-ons > Marble")
+    if not os.path.isfile(python):
+        raise JobError(f"The engine's Python interpreter does not exist: {python} "
+                       f"(set it in Preferences > Add-ons > Marble)")
+    if not os.access(python, os.X_OK):
+        raise JobError(f"The engine's Python interpreter is not executable: {python}")
+
+    job_dir = os.path.abspath(bpy.path.abspath(settings.job_dir)) if settings.job_dir else new_job_dir()
+    try:
+        os.makedirs(job_dir, exist_ok=True)
+    except OSError as exc:
+        raise JobError(f"Cannot create the job folder {job_dir}: {exc.strerror}") from None
+    command = build_command(python, settings, rig_path, job_dir)
+    root = engine_root()
+    log_path = os.path.join(job_dir, protocol.LOG_FILE)
+    try:
+        log = open(log_path, "ab")  # appended: a resumed job keeps the earlier runs' log
+    except OSError as exc:
+        raise JobError(f"Cannot write {log_path}: {exc.strerror}") from None
+    try:
+        log_offset = log.tell()
+        # cwd is the job folder, so the engine writes nothing stray into the installed extension.
+        process = subprocess.Popen(
+            command, cwd=job_dir, env=engine_environment(root),
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=log,
+            text=True, encoding="utf-8", errors="replace", bufsize=1,
+            creationflags=getattr(subprocess, "CREATE_NO_WINDOW", 0))
+    except OSError as exc:
+        raise JobError(f"Cannot start the engine with {python}: {exc.strerror or exc}") from None
+    finally:
+        log.close()  # the child holds its own handle
+
+    collection = settings.rig_collection
+    _job = Job(process, command, job_dir, log_path, log_offset, context.scene.name,
+               collection.name if collection is not None else "")
+    _job.reader.start()
+
+    state = context.window_manager.marble_job
+    state.state = 'running'
+    state.progress = 0.0
+    state.iteration = 0
+    state.total = settings.iterations
+    state.loss = 0.0
+    state.psnr = 0.0
+    state.eta_s = 0.0
+    state.stage = "starting"
+    state.message = ""
+    state.device = ""
+    state.job_dir = job_dir
+    state.mesh_path = ""
+
+    timers = getattr(bpy.app, "timers", None)
+    if timers is not None and not timers.is_registered(tick):
+        timers.register(tick, first_interval=TICK_SECONDS, persistent=True)
+    return _job
+
+
+def cancel():
+    """Ask the running engine to stop (it saves a checkpoint first). False when no job runs."""
+    job = _job
+    if job is None:
+        return False
+    if job.cancel_requested_at is None:
+        job.cancel_requested_at = time.monotonic()
+        _send_cancel(job)
+        state = _state()
+        if state is not None and job.final is None:
+            state.state = 'cancelling'
+            state.message = "Stopping: the engine saves a checkpoint first"
+        _redraw()
+    return True
+
+
+def _send_cancel(job):
+    try:
+        job.process.stdin.write(protocol.CANCEL_LINE + "\n")
+        job.process.stdin.flush()
+    except (OSError, ValueError):
+        pass  # it already exited (or closed stdin); tick() will see that
+
+
+def tick():
+    """Drain engine events on the main thread. Returns seconds until the next call, None when idle."""
+    job = _job
+    if job is None:
+        return None
+    try:
+        return _tick(job)
+    except Exception as exc:
+        # A bug here must not leave the engine running with nobody listening.
+        traceback.print_exc()
+        _kill(job)
+        state = _state()
+        if state is not None:
+            state.state = 'failed'
+            state.message = f"Marble's job client failed: {exc}"
+        _clear(job)
+        return None
+
+
+def _tick(job):
+    state = _state()
+    changed = False
+    for _ in range(MAX_EVENTS_PER_TICK):
+        try:
+            item = job.events.get_nowait()
+        except queue.Empty:
+            break
+        if item is _EOF:
+            job.eof = True
+            break
+        changed = True
+        _handle(job, item, state)
+
+    now = time.monotonic()
+    if job.final is not None and job.final_at is None:
+        job.final_at = now
+    returncode = job.process.poll()
+    # Escalate when the engine does not stop: after a cancel request, or lingering after its final event.
+    waiting_since = job.final_at if job.final is not None else job.cancel_requested_at
+    if returncode is None and waiting_since is not None:
+        if job.terminated_at is None and now - waiting_since > CANCEL_GRACE_S:
+            job.terminated_at = now
+            job.process.terminate()  # the engine treats SIGTERM as cancel too
+        elif job.terminated_at is not None and now - job.terminated_at > CANCEL_GRACE_S:
+            job.process.kill()
+    if returncode is not None and job.exited_at is None:
+        job.exited_at = now
+    if returncode is not None and (job.eof or now - job.exited_at > EXIT_GRACE_S):
+        _finish(job, returncode, state)
+        _redraw()
+        return None
+    if changed:
+        _redraw()
+    return TICK_SECONDS
+
+
+def _number(value, default=0.0):
+    return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else default
+
+
+def _handle(job, event, state):
+    kind = event["event"]
+    if state is None:
+        return
+    if kind == protocol.STARTED:
+        device, backend = event.get("device"), event.get("backend")
+        state.device = ", ".join(str(x) for x in (device, backend) if x)
+    elif kind == protocol.STAGE:
+        state.stage = str(event.get("name", ""))
+    elif kind == protocol.PROGRESS:
+        iteration, total = int(_number(event.get("iteration"))), int(_number(event.get("total")))
+        state.iteration = iteration
+        if total > 0:
+            state.total = total
+            state.progress = min(1.0, max(0.0, iteration / total))
+        state.loss = _number(event.get("loss"), state.loss)
+        state.psnr = _number(event.get("psnr"), state.psnr)
+        state.eta_s = _number(event.get("eta_s"), state.eta_s)
+    elif kind == protocol.PREVIEW:
+        _show_preview(job, event.get("path"))
+    elif kind == protocol.MESH:
+        if event.get("frame") is None and event.get("path"):
+            state.mesh_path = str(event["path"])
+    elif kind == protocol.WARNING:
+        state.message = str(event.get("message", ""))
+    elif kind == protocol.ERROR:
+        job.final = kind
+        state.state = 'failed'
+        state.message = str(event.get("message") or "The engine reported an error")
+    elif kind == protocol.CANCELLED:
+        job.final = kind
+        state.state = 'cancelled'
+        checkpoint = event.get("checkpoint")
+        state.message = f"Cancelled; checkpoint: {checkpoint}" if checkpoint else "Cancelled"
+    elif kind == protocol.DONE:
+        job.final = kind
+        outputs = event.get("outputs") or {}
+        mesh_path = outputs.get("mesh") or os.path.join(job.job_dir, protocol.MESHES_DIR,
+                                                        protocol.STATIC_MESH_FILE)
+        state.mesh_path = mesh_path
+        state.progress = 1.0
+        _remove_preview(job)
+        try:
+            obj = builders.build_mesh(mesh_path, _target_collection(job), name=_mesh_name(job))
+        except (builders.MeshError, OSError) as exc:
+            state.state = 'failed'
+            state.message = f"The engine finished but its mesh cannot be imported: {exc}"
+        else:
+            state.state = 'done'
+            state.message = f"Imported '{obj.name}' ({len(obj.data.vertices)} vertices)"
+
+
+def _target_collection(job):
+    # Looked up by name: ID pointers kept across ticks would dangle after a file load.
+    collection = bpy.data.collections.get(job.collection_name) if job.collection_name else None
+    if collection is not None:
+        return collection
+    scene = bpy.data.scenes.get(job.scene_name) or bpy.context.scene
+    return scene.collection
+
+
+def _mesh_name(job):
+    return f"{job.collection_name} mesh" if job.collection_name else "Marble mesh"
+
+
+def _show_preview(job, path):
+    """Replace the live preview object's mesh with the coarse mesh the engine just wrote."""
+    if not path or not str(path).lower().endswith(".ply"):
+        return
+    try:
+        obj = builders.build_mesh(path, _target_collection(job), name=f"{_mesh_name(job)} preview")
+    except (builders.MeshError, OSError):
+        return  # a preview is a nicety; the final mesh still arrives
+    _remove_preview(job)
+    job.preview_name = obj.name
+
+
+def _remove_preview(job):
+    obj = bpy.data.objects.get(job.preview_name) if job.preview_name else None
+    job.preview_name = None
+    if obj is not None:
+        mesh = obj.data
+        bpy.data.objects.remove(obj)
+        if mesh is not None and mesh.users == 0:
+            bpy.data.meshes.remove(mesh)
+
+
+def _finish(job, returncode, state):
+    _remove_preview(job)
+    if state is not None and job.final is None:
+        if job.cancel_requested_at is not None:
+            state.state = 'cancelled'
+            state.message = f"The engine stopped (exit code {returncode}) before confirming the cancel"
+        else:
+            tail = log_tail(job)
+            state.state = 'failed'
+            state.message = (f"The engine exited with code {returncode} without finishing"
+                             + (f"; last lines of {job.log_path}:\n{tail}" if tail else ""))
+    _clear(job)
+
+
+def _clear(job):
+    global _job
+    for stream in (job.process.stdin, job.process.stdout):
+        try:
+            stream.close()
+        except (OSError, ValueError):
+            pass
+    if _job is job:
+        _job = None
+
+
+def log_tail(job, lines=LOG_TAIL_LINES):
+    """The last lines this run wrote to engine.log (plus stray stdout), for a failure message."""
+    text = ""
+    try:
+        with open(job.log_path, "rb") as f:
+            f.seek(0, os.SEEK_END)
+            size = f.tell()
+            f.seek(max(job.log_offset, size - 8192))
+            text = f.read().decode("utf-8", "replace")
+    except OSError:
+        pass
+    tail = [line for line in text.splitlines() if line.strip()] + list(job.stray_lines)
+    return "\n".join(tail[-lines:])
+
+
+def _state():
+    wm = getattr(bpy.context, "window_manager", None)
+    return getattr(wm, "marble_job", None) if wm is not None else None
+
+
+def _redraw():
+    wm = getattr(bpy.context, "window_manager", None)
+    if wm is None:
+        return
+    for window in wm.windows:
+        screen = window.screen
+        if screen is None:
+            continue
+        for area in screen.areas:
+            if area.type == 'VIEW_3D':
+                area.tag_redraw()
+
+
+def _kill(job):
+    if job.process.poll() is None:
+        job.process.kill()
+        try:
+            job.process.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            pass
+
+
+def shutdown(timeout=5.0):
+    """Stop a running engine without touching Blender data (unregister, Blender quitting).
+
+    SIGTERM lets the engine save a checkpoint as on cancel; it is killed if it does not stop in time.
+    """
+    try:
+        timers = getattr(bpy.app, "timers", None)
+        if timers is not None and timers.is_registered(tick):
+            timers.unregister(tick)
+    except Exception:
+        pass  # Blender may already be tearing down at exit
+    job = _job
+    if job is None:
+        return
+    if job.process.poll() is None:
+        job.process.terminate()
+        try:
+            job.process.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            _kill(job)
+    _clear(job)
+
+
+def register():
+    atexit.register(shutdown)  # Blender quitting must not leave an orphaned engine training
+
+
+def unregister():
+    shutdown()
+    atexit.unregister(shutdown)

@@ -1,0 +1,76 @@
+# SPDX-License-Identifier: GPL-3.0-or-later
+"""Property groups: scene.marble (what to reconstruct, saved with the file) and wm.marble_job (the
+running job's state, which lives only as long as the session)."""
+import bpy
+
+PRESETS = (
+    ('cpu', "CPU", "Small model sized for a laptop processor"),
+    ('fast', "Fast", "NeuS2-style: progressive hash-grid levels, about 15k iterations on a GPU"),
+    ('quality', "Quality", "Neuralangelo-style: numerical gradients and curvature loss, slow"),
+)
+DEVICES = (
+    ('auto', "Auto", "CUDA when the engine's Python sees a GPU, else the CPU"),
+    ('cpu', "CPU", "Train on the processor"),
+    ('cuda', "CUDA", "Train on an NVIDIA GPU"),
+)
+JOB_STATES = (
+    ('idle', "Idle", "No job has run in this session"),
+    ('running', "Running", "The engine is training"),
+    ('cancelling', "Cancelling", "Asked the engine to stop; it is saving a checkpoint"),
+    ('cancelled', "Cancelled", "The engine stopped on request"),
+    ('failed', "Failed", "The engine stopped with an error"),
+    ('done', "Done", "The mesh was reconstructed and imported"),
+)
+
+
+class MarbleSceneSettings(bpy.types.PropertyGroup):
+    rig_path: bpy.props.StringProperty(
+        name="Rig", description="Camera rig file (transforms.json) or its folder",
+        subtype='FILE_PATH')
+    rig_collection: bpy.props.PointerProperty(
+        name="Rig Collection", type=bpy.types.Collection,
+        description="Collection holding the imported cameras; the reconstructed mesh goes here")
+    preset: bpy.props.EnumProperty(name="Preset", items=PRESETS, default='cpu')
+    iterations: bpy.props.IntProperty(
+        name="Iterations", description="Training iterations (0: the preset's default)",
+        default=0, min=0, soft_max=100000)
+    resolution: bpy.props.IntProperty(
+        name="Mesh Resolution", description="Marching-cubes grid resolution of the extracted mesh",
+        default=256, min=16, max=2048)
+    device: bpy.props.EnumProperty(name="Device", items=DEVICES, default='auto')
+    job_dir: bpy.props.StringProperty(
+        name="Job Folder",
+        description="Where the engine writes its job (empty: a new folder in the extension's user folder)",
+        subtype='DIR_PATH')
+
+
+class MarbleJobState(bpy.types.PropertyGroup):
+    state: bpy.props.EnumProperty(name="State", items=JOB_STATES, default='idle')
+    progress: bpy.props.FloatProperty(name="Progress", min=0.0, max=1.0, subtype='FACTOR')
+    iteration: bpy.props.IntProperty(name="Iteration")
+    total: bpy.props.IntProperty(name="Total")
+    loss: bpy.props.FloatProperty(name="Loss")
+    psnr: bpy.props.FloatProperty(name="PSNR")
+    eta_s: bpy.props.FloatProperty(name="ETA", description="Estimated seconds left")
+    stage: bpy.props.StringProperty(name="Stage")
+    message: bpy.props.StringProperty(name="Message")
+    job_dir: bpy.props.StringProperty(name="Job Folder", subtype='DIR_PATH')
+    mesh_path: bpy.props.StringProperty(name="Mesh", subtype='FILE_PATH')
+    device: bpy.props.StringProperty(name="Device", description="Device and backend the engine reported")
+
+
+CLASSES = (MarbleSceneSettings, MarbleJobState)
+
+
+def register():
+    for cls in CLASSES:
+        bpy.utils.register_class(cls)
+    bpy.types.Scene.marble = bpy.props.PointerProperty(type=MarbleSceneSettings)
+    bpy.types.WindowManager.marble_job = bpy.props.PointerProperty(type=MarbleJobState)
+
+
+def unregister():
+    del bpy.types.WindowManager.marble_job
+    del bpy.types.Scene.marble
+    for cls in reversed(CLASSES):
+        bpy.utils.unregister_class(cls)

@@ -1,0 +1,19 @@
+# SPDX-License-Identifier: GPL-3.0-or-later
+"""Operators: one module per user action."""
+import bpy
+
+from . import import_rig, import_mesh, train
+
+MODULES = (import_rig, import_mesh, train)
+
+
+def register():
+    for module in MODULES:
+        for cls in module.CLASSES:
+            bpy.utils.register_class(cls)
+
+
+def unregister():
+    for module in reversed(MODULES):
+        for cls in reversed(module.CLASSES):
+            bpy.utils.unregister_class(cls)

@@ -1,0 +1,36 @@
+# SPDX-License-Identifier: GPL-3.0-or-later
+"""Start and cancel training: the engine runs as a separate process (see addon.jobs)."""
+import bpy
+
+from ..addon import jobs
+
+
+class MARBLE_OT_train(bpy.types.Operator):
+    """Reconstruct a mesh from the imported rig's photographs (runs in the background)"""
+    bl_idname = "marble.train"
+    bl_label = "Train"
+
+    def execute(self, context):
+        try:
+            job = jobs.start(context)
+        except jobs.JobError as exc:
+            self.report({'ERROR'}, str(exc))
+            return {'CANCELLED'}
+        self.report({'INFO'}, f"Training started in {job.job_dir}")
+        return {'FINISHED'}
+
+
+class MARBLE_OT_cancel(bpy.types.Operator):
+    """Stop the running training job (the engine saves a checkpoint first)"""
+    bl_idname = "marble.cancel"
+    bl_label = "Cancel"
+
+    def execute(self, context):
+        if not jobs.cancel():
+            self.report({'WARNING'}, "No Marble job is running")
+            return {'CANCELLED'}
+        self.report({'INFO'}, "Cancelling the Marble job")
+        return {'FINISHED'}
+
+
+CLASSES = (MARBLE_OT_train, MARBLE_OT_cancel)

@@ -1,0 +1,118 @@
+"""The built extension installs, registers its operators, panel, properties and preferences, and
+its panel draws in every job state."""
+import os
+import sys
+
+import bpy
+import pytest
+
+import build
+
+OPERATORS = ("MARBLE_OT_import_rig", "MARBLE_OT_train", "MARBLE_OT_cancel", "MARBLE_OT_import_mesh")
+
+
+def test_extension_registers(marble):
+    for name in OPERATORS:
+        assert hasattr(bpy.types, name), name
+    for op in ("import_rig", "train", "cancel", "import_mesh"):
+        assert hasattr(bpy.ops.marble, op)
+    assert "filepath" in bpy.ops.marble.import_rig.get_rna_type().properties
+    assert "filepath" in bpy.ops.marble.import_mesh.get_rna_type().properties
+
+    panel = bpy.types.MARBLE_PT_main
+    assert panel.is_registered
+    assert (panel.bl_space_type, panel.bl_region_type, panel.bl_category) == ('VIEW_3D', 'UI', "Marble")
+
+    settings = bpy.context.scene.marble
+    assert (settings.rig_path, settings.preset, settings.iterations, settings.resolution,
+            settings.device, settings.job_dir) == ("", 'cpu', 0, 256, 'auto', "")
+    job = bpy.context.window_manager.marble_job
+    for name in ("state", "progress", "iteration", "total", "loss", "psnr", "eta_s", "stage", "message",
+                 "job_dir", "mesh_path"):
+        assert name in job.bl_rna.properties, name
+    assert job.state == 'idle'
+    assert {item.identifier for item in job.bl_rna.properties["state"].enum_items} == {
+        'idle', 'running', 'cancelling', 'cancelled', 'failed', 'done'}
+
+    # The zip records build.py's interpreter; the preference defaults to it.
+    assert os.path.isfile(os.path.join(marble.module.__path__[0], "marble_build.json"))
+    assert marble.preferences.default_python() == build.venv_python()
+    assert marble.prefs.bl_rna.properties["python"].default == build.venv_python()
+    # The engine's contract modules are inside the extension and import from Blender's Python.
+    assert sys.modules[marble.package + ".engine.protocol"].CANCEL_LINE == "cancel"
+
+
+def test_progress_bar_api_exists(marble):
+    # The panel relies on UILayout.progress (Blender 4.0+) with these keywords.
+    params = bpy.types.UILayout.bl_rna.functions["progress"].parameters.keys()
+    assert {"factor", "type", "text"} <= set(params)
+
+
+class RecordingLayout:
+    """Stands in for UILayout (the headless module draws nothing) and checks what the panel asks for."""
+
+    def __init__(self, calls):
+        self.calls = calls
+        self.enabled = True
+        self.scale_y = 1.0
+
+    def _child(self, *args, **kwargs):
+        return RecordingLayout(self.calls)
+
+    row = column = box = split = _child
+
+    def label(self, text="", icon='NONE'):
+        if icon != 'NONE':
+            assert icon in bpy.types.UILayout.bl_rna.functions["label"].parameters["icon"].enum_items.keys(), icon
+        self.calls.append(("label", text))
+
+    def prop(self, data, name, **kwargs):
+        assert name in data.bl_rna.properties, name
+        self.calls.append(("prop", name))
+
+    def operator(self, idname, **kwargs):
+        category, name = idname.split(".")
+        assert hasattr(getattr(bpy.ops, category), name), idname
+        self.calls.append(("operator", idname))
+
+    def progress(self, factor=0.0, type='BAR', text=""):
+        assert 0.0 <= factor <= 1.0 and type in ('BAR', 'RING')
+        self.calls.append(("progress", factor, text))
+
+
+@pytest.mark.parametrize("state", ['idle', 'running', 'failed', 'done'])
+def test_panel_draws(marble, state):
+    job = bpy.context.window_manager.marble_job
+    job.state = state
+    job.progress, job.iteration, job.total, job.loss, job.psnr, job.eta_s = 0.25, 250, 1000, 0.0123, 27.5, 95.0
+    job.message = "first line\n" + "a long message " * 10
+    calls = []
+    panel = bpy.types.MARBLE_PT_main
+    fake = type("FakePanel", (), {"layout": RecordingLayout(calls)})()
+    panel.draw(fake, bpy.context)
+    ops = [c[1] for c in calls if c[0] == "operator"]
+    assert {"marble.import_rig", "marble.train", "marble.import_mesh"} <= set(ops)
+    labels = " | ".join(c[1] for c in calls if c[0] == "label")
+    assert "No rig imported" in labels
+    if state == 'idle':
+        assert not any(c[0] == "progress" for c in calls)
+    else:
+        assert ("progress", 0.25, "25%") in calls
+        assert "Iteration: 250 / 1000" in labels and "Loss: 0.0123" in labels and "PSNR: 27.50 dB" in labels
+        assert "first line" in labels
+    if state == 'running':
+        assert "ETA: 1:35" in labels
+    assert "marble.cancel" not in ops  # only while a job process actually runs
+
+
+def test_disable_and_enable_again(marble):
+    package = marble.package
+    bpy.ops.preferences.addon_disable(module=package)
+    try:
+        assert not hasattr(bpy.types, "MARBLE_PT_main")
+        assert not hasattr(bpy.types.WindowManager, "marble_job")
+        assert not hasattr(bpy.types.Scene, "marble")
+    finally:
+        bpy.ops.preferences.addon_enable(module=package)
+    assert hasattr(bpy.types, "MARBLE_PT_main")
+    assert bpy.context.window_manager.marble_job.state == 'idle'
