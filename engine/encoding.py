@@ -108,7 +108,7 @@ def reference_encode(grid, u):
             if grid.level_mask[level] == 0:
                 continue
             x = [float(u[p, a]) * res for a in range(3)]
-            x0 = [math.floor(v) for v in x]
+            x0 = [min(math.floor(v), res - 1) for v in x]  # the last cell is closed
             acc = torch.zeros(F, dtype=grid.table.dtype)
             for dx in (0, 1):
                 for dy in (0, 1):

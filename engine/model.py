@@ -64,13 +64,24 @@ class SDFNetwork(nn.Module):
                 sdf, feat = self(x)
                 grad = torch.autograd.grad(sdf.sum(), x, create_graph=True)[0]
             return sdf, grad, feat, None
-        n = x.shape[0]
-        taps = (x[None] + eps * TAP_OFFSETS.to(x)[:, None, :]).reshape(-1, 3)
-        sdf_all, feat = self(torch.cat([x, taps], 0))
-        sdf, tap_sdf = sdf_all[:n], sdf_all[n:].view(6, n)
-        grad = torch.stack([tap_sdf[0] - tap_sdf[1], tap_sdf[2] - tap_sdf[3], tap_sdf[4] - tap_sdf[5]], -1) / (2 * eps)
-        laplacian = (tap_sdf.sum(0) - 6 * sdf) / eps ** 2 if curvature else None
-        return sdf, grad, feat[:n], laplacian
+        values, features, grad, laplacian = central_differences(self, x, eps, curvature)
+        return values, grad, features, laplacian
+
+
+def central_differences(fn, x, eps, curvature=False):
+    """Value, extra outputs, gradient and Laplacian of `fn` at x from 6 axis taps of step eps.
+
+    `fn` maps (N, 3) points to (values (N,), extra (N, ...)); it is called once on the points and their
+    taps together. Errors are O(eps^2): exact for quadratics.
+    """
+    n = x.shape[0]
+    taps = (x[None] + eps * TAP_OFFSETS.to(x)[:, None, :]).reshape(-1, 3)
+    values, extra = fn(torch.cat([x, taps], 0))
+    center, tap_values = values[:n], values[n:].view(6, n)
+    grad = torch.stack([tap_values[0] - tap_values[1], tap_values[2] - tap_values[3],
+                        tap_values[4] - tap_values[5]], -1) / (2 * eps)
+    laplacian = (tap_values.sum(0) - 6 * center) / eps ** 2 if curvature else None
+    return center, extra[:n], grad, laplacian
 
 
 class ColorNetwork(nn.Module):

@@ -154,7 +154,7 @@ class Trainer:
         self.optimizer.step()
         self.step += 1
         mse = float((diff.detach() ** 2).mean())
-        return float(loss), {k: float(v) for k, v in losses.items()}, -10.0 * math.log10(max(mse, 1e-10)), levels
+        return float(loss.detach()), {k: float(v.detach()) for k, v in losses.items()}, -10.0 * math.log10(max(mse, 1e-10)), levels
 
     def run(self, resume=False):
         tc = self.cfg.train
@@ -184,9 +184,9 @@ class Trainer:
                 self.out.emit(protocol.PROGRESS, iteration=self.step, total=tc.iterations, loss=round(loss, 6),
                               losses={k: round(v, 6) for k, v in losses.items()}, psnr=round(psnr, 3),
                               eta_s=round(eta, 1), frame=None, levels=levels,
-                              inv_s=round(float(self.model.sharpness()), 2), it_per_s=round(rate, 2))
+                              inv_s=round(float(self.model.sharpness().detach()), 2), it_per_s=round(rate, 2))
                 self.out.log(f"step {self.step}/{tc.iterations} loss {loss:.4f} psnr {psnr:.2f} "
-                             f"levels {levels} s {float(self.model.sharpness()):.1f} {rate:.2f} it/s eta {eta:.0f}s")
+                             f"levels {levels} s {float(self.model.sharpness().detach()):.1f} {rate:.2f} it/s eta {eta:.0f}s")
             if tc.checkpoint_every and self.step % tc.checkpoint_every == 0 and self.step < tc.iterations:
                 self.save_checkpoint()
             if tc.preview_every and self.step % tc.preview_every == 0 and self.step < tc.iterations:

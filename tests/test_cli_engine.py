@@ -1,0 +1,178 @@
+"""`python -m engine` as the add-on runs it: events on stdout, bad input, cancel and resume."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+from conftest import REPO, make_rig, ring_cameras, write_png
+
+from engine import protocol
+
+
+def engine(args, **kwargs):
+    env = dict(os.environ, PYTHONPATH=REPO, PYTHONUNBUFFERED="1")
+    return subprocess.Popen([sys.executable, "-m", "engine"] + args, cwd=REPO, env=env, text=True,
+                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, **kwargs)
+
+
+def run_engine(args, timeout=120):
+    proc = engine(args)
+    out, err = proc.communicate(timeout=timeout)
+    lines = [line for line in out.splitlines() if line.strip()]
+    events = [protocol.decode(line) for line in lines]
+    assert None not in events, f"stdout must hold only events:\n{out}"
+    return proc.returncode, events, err
+
+
+def assert_one_error(code, events, err, *expected):
+    assert code == protocol.EXIT_BAD_INPUT, err
+    errors = [e for e in events if e["event"] == protocol.ERROR]
+    assert len(errors) == 1 and events[-1] is errors[0]
+    for text in expected:
+        assert text in errors[0]["message"], errors[0]["message"]
+    assert "Traceback" not in err
+
+
+@pytest.fixture
+def tiny_rig(tmp_path):
+    return make_rig(tmp_path, ring_cameras(count=4, width=24, height=20, focal=30.0), name="tiny")
+
+
+def test_missing_path(tmp_path):
+    missing = str(tmp_path / "nowhere" / "transforms.json")
+    assert_one_error(*run_engine(["train", "--data", missing, "--out", str(tmp_path / "job")]), missing,
+                     "no such file")
+    assert not os.path.exists(tmp_path / "job")  # nothing half-made
+
+
+def test_malformed_json(tmp_path):
+    path = tmp_path / "transforms.json"
+    path.write_text('{"frames": [ {"file_path": ')
+    assert_one_error(*run_engine(["train", "--data", str(path), "--out", str(tmp_path / "job")]), str(path),
+                     "malformed JSON")
+
+
+def test_unreadable_json(tmp_path):
+    path = tmp_path / "transforms.json"
+    path.write_bytes(b"\xff\xfe\x00binary")
+    assert_one_error(*run_engine(["train", "--data", str(path), "--out", str(tmp_path / "job")]), str(path))
+
+
+def test_images_missing(tmp_path, tiny_rig):
+    for name in os.listdir(os.path.join(os.path.dirname(tiny_rig), "images")):
+        os.remove(os.path.join(os.path.dirname(tiny_rig), "images", name))
+    assert_one_error(*run_engine(["train", "--data", tiny_rig, "--out", str(tmp_path / "job")]), tiny_rig,
+                     "no usable views")
+
+
+def test_some_images_missing_is_a_warning(tmp_path, tiny_rig):
+    os.remove(os.path.join(os.path.dirname(tiny_rig), "images", "cam_00.png"))
+    code, events, err = run_engine(["train", "--data", tiny_rig, "--out", str(tmp_path / "job"),
+                                    "--iterations", "2", "--resolution", "16"])
+    warnings = [e["message"] for e in events if e["event"] == protocol.WARNING]
+    assert any("1 of 4 frames" in w for w in warnings), (warnings, err)
+
+
+def test_corrupt_image(tmp_path, tiny_rig):
+    image = os.path.join(os.path.dirname(tiny_rig), "images", "cam_02.png")
+    with open(image, "r+b") as f:
+        f.seek(40)
+        f.write(b"\x00" * 40)  # header intact, pixel data broken
+    assert_one_error(*run_engine(["train", "--data", tiny_rig, "--out", str(tmp_path / "job")]), image)
+
+
+def test_no_usable_views_when_masks_are_empty(tmp_path):
+    cams = ring_cameras(count=3, width=16, height=16, focal=20.0)
+    path = make_rig(tmp_path, cams, name="empty")
+    for name in os.listdir(os.path.join(tmp_path, "empty", "images")):
+        write_png(os.path.join(tmp_path, "empty", "images", name), 16, 16, rgba=True)
+    # write_png's alpha is 128/255 > 0.5: make it zero by rewriting with the fully transparent PNG below.
+    from PIL import Image
+    for name in os.listdir(os.path.join(tmp_path, "empty", "images")):
+        Image.new("RGBA", (16, 16), (0, 0, 0, 0)).save(os.path.join(tmp_path, "empty", "images", name))
+    assert_one_error(*run_engine(["train", "--data", path, "--out", str(tmp_path / "job")]), "masks leave nothing")
+
+
+def test_bad_option_values(tmp_path, tiny_rig):
+    assert_one_error(*run_engine(["train", "--data", tiny_rig, "--out", str(tmp_path / "j"), "--iterations", "0"]),
+                     "--iterations")
+    assert_one_error(*run_engine(["train", "--data", tiny_rig, "--out", str(tmp_path / "j"), "--resolution", "4"]),
+                     "--resolution")
+
+
+def read_until(proc, kind, timeout=120):
+    """Events read from proc's stdout up to and including the first of `kind`."""
+    events, deadline = [], time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        line = proc.stdout.readline()
+        if not line:
+            break
+        event = protocol.decode(line)
+        if event is not None:
+            events.append(event)
+            if event["event"] == kind:
+                return events
+    raise AssertionError(f"no {kind} event; got {events}; stderr: {proc.stderr.read()}")
+
+
+@pytest.mark.parametrize("how", ["stdin", "sigterm", "sigint"])
+def test_cancel_saves_a_checkpoint_and_resume_goes_on(tmp_path, tiny_rig, how):
+    job = str(tmp_path / "job")
+    proc = engine(["train", "--data", tiny_rig, "--out", job, "--iterations", "100000", "--resolution", "16"])
+    started = read_until(proc, protocol.PROGRESS)
+    assert started[0]["event"] == protocol.STARTED and started[0]["backend"] == "torch"
+    if how == "stdin":
+        proc.stdin.write("cancel\n")
+        proc.stdin.flush()
+    else:
+        proc.send_signal(signal.SIGTERM if how == "sigterm" else signal.SIGINT)
+    rest = read_until(proc, protocol.CANCELLED)
+    proc.communicate(timeout=60)
+    assert proc.returncode == protocol.EXIT_CANCELLED
+    cancelled = rest[-1]
+    assert os.path.isfile(cancelled["checkpoint"]) and cancelled["iteration"] >= 1
+    events = protocol.read_events(os.path.join(job, protocol.EVENTS_FILE))
+    assert events[-1]["event"] == protocol.CANCELLED  # the job directory has the same story
+    if how != "stdin":
+        return
+    # Resume: the step count goes on from the checkpoint, the optimiser state comes back.
+    import torch
+    saved = torch.load(cancelled["checkpoint"], weights_only=False)
+    target = cancelled["iteration"] + 3
+    code, events, err = run_engine(["train", "--data", tiny_rig, "--out", job, "--resume",
+                                    "--iterations", str(target), "--resolution", "16"])
+    assert code == 0, err
+    progress = [e for e in events if e["event"] == protocol.PROGRESS]
+    assert progress[0]["iteration"] == cancelled["iteration"] + 1 and progress[-1]["iteration"] == target
+    assert events[-1]["event"] == protocol.DONE
+    final = torch.load(Trainer_latest(job), weights_only=False)
+    assert final["step"] == target
+    adam = final["optimizer"]["state"][0]["step"]
+    assert float(adam) == float(saved["optimizer"]["state"][0]["step"]) + 3
+
+
+def Trainer_latest(job):
+    from engine.train import Trainer
+    return Trainer.latest_checkpoint(job)
+
+
+def test_events_and_job_directory_of_a_finished_run(tmp_path, tiny_rig):
+    job = str(tmp_path / "job")
+    code, events, err = run_engine(["train", "--data", tiny_rig, "--out", job, "--iterations", "3",
+                                    "--resolution", "24"])
+    assert code == 0, err
+    kinds = [e["event"] for e in events]
+    assert kinds[0] == protocol.STARTED and kinds[-1] == protocol.DONE
+    assert [e["name"] for e in events if e["event"] == protocol.STAGE] == ["load", "train", "extract"]
+    assert all(isinstance(e["t"], float) for e in events)
+    started = events[0]
+    assert started["config"]["train"]["iterations"] == 3 and started["device"] == "cpu"
+    for name in (protocol.CONFIG_FILE, protocol.EVENTS_FILE, protocol.NORMALIZATION_FILE):
+        assert os.path.isfile(os.path.join(job, name))
+    with open(os.path.join(job, protocol.CONFIG_FILE)) as f:
+        assert json.load(f)["mesh"]["resolution"] == 24
+    assert events[-1]["outputs"]["mesh"] == os.path.join(job, protocol.MESHES_DIR, protocol.STATIC_MESH_FILE)
+    assert len(protocol.read_events(os.path.join(job, protocol.EVENTS_FILE))) == len(events)

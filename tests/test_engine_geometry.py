@@ -1,0 +1,129 @@
+"""Known answers for the engine's geometry: numerical gradients, NeuS weights, extraction, PLY."""
+import math
+
+import numpy as np
+import torch
+
+from engine.config import preset
+from engine.mesh import extract_mesh, read_ply, write_ply
+from engine.metrics import chamfer
+from engine.model import SDFModel, central_differences
+from engine.render import OccupancyGrid, neus_alpha, render_rays, sphere_chord
+from engine.train import active_levels, curvature_schedule
+
+
+def sphere_sdf(x, center=(0.1, -0.2, 0.05), radius=0.6):
+    return (x - torch.as_tensor(center, dtype=x.dtype)).norm(dim=-1) - radius
+
+
+def test_numerical_gradient_of_an_analytic_sdf():
+    torch.manual_seed(0)
+    x = torch.rand(500, 3, dtype=torch.float64) * 1.6 - 0.8
+    x = x[(x - torch.tensor([0.1, -0.2, 0.05], dtype=torch.float64)).norm(dim=-1) > 0.2]
+    center = torch.tensor([0.1, -0.2, 0.05], dtype=torch.float64)
+    value, _, grad, lap = central_differences(lambda p: (sphere_sdf(p.double(), center, 0.6), p), x, 1e-3, True)
+    r = (x - center).norm(dim=-1, keepdim=True)
+    assert torch.allclose(value, r[:, 0] - 0.6)
+    assert (grad - (x - center) / r).abs().max() < 1e-3
+    assert (lap - 2.0 / r[:, 0]).abs().max() < 1e-2  # Laplacian of |x| in 3D
+
+
+def test_numerical_gradient_step_and_levels_follow_the_schedule():
+    cfg = preset("cpu")
+    model = SDFModel(cfg)
+    steps = [0, cfg.train.level_every - 1, cfg.train.level_every, 10 * cfg.train.level_every]
+    levels = [active_levels(s, cfg, cfg.encoding.levels) for s in steps]
+    assert levels == [cfg.train.start_levels, cfg.train.start_levels, cfg.train.start_levels + 1,
+                      cfg.encoding.levels]
+    eps = []
+    for count in levels:
+        model.sdf.grid.set_active_levels(count)
+        eps.append(model.sdf.finest_cell())
+        assert math.isclose(eps[-1], 2.0 / model.sdf.grid.resolutions[count - 1])
+    assert eps[0] == eps[1] > eps[2] > eps[3]
+    # The curvature weight warms up, then shrinks as levels open.
+    w = [curvature_schedule(s, cfg) for s in (0, cfg.train.level_every // 2, cfg.train.level_every,
+                                                 5 * cfg.train.level_every)]
+    assert w[0] == 0 < w[1] < w[2] and w[3] < w[2]
+
+
+def test_geometric_initialisation_is_a_sphere():
+    cfg = preset("cpu")
+    torch.manual_seed(0)
+    model = SDFModel(cfg)
+    dirs = torch.randn(400, 3)
+    dirs = dirs / dirs.norm(dim=-1, keepdim=True)
+    with torch.no_grad():
+        for r in (0.1, 0.3, 0.5, 0.7, 0.9):
+            sdf, _ = model.sdf(dirs * r)
+            # One softplus layer approximates |x| - r0 on average over directions.
+            assert abs(float(sdf.mean()) - (r - cfg.network.init_radius)) < 0.05
+        assert (model.sdf(dirs * 0.2)[0] < 0).all() and (model.sdf(dirs * 0.85)[0] > 0).all()
+
+
+def test_neus_weights_on_a_plane_peak_at_the_surface():
+    # A plane z = 0.3 seen head-on: the SDF along the ray is 0.3 - t (for a ray along +z from the origin).
+    t = torch.linspace(0.0, 1.0, 201)
+    sdf = 0.3 - t
+    step = t[1] - t[0]
+    alpha = neus_alpha(sdf, torch.full_like(t, -1.0), step, inv_s=200.0, cos_anneal=1.0)
+    transmittance = torch.cumprod(torch.cat([torch.ones(1), 1 - alpha[:-1]]), 0)
+    weights = alpha * transmittance
+    assert abs(float(t[weights.argmax()]) - 0.3) <= float(step)
+    assert abs(float(weights.sum()) - 1.0) < 1e-3
+    assert abs(float((weights * t).sum()) - 0.3) < 2 * float(step)  # unbiased: expected depth at the surface
+
+
+def test_sphere_chord():
+    origins = torch.tensor([[0.0, 0.0, -3.0], [0.0, 2.0, -3.0]])
+    dirs = torch.tensor([[0.0, 0.0, 1.0], [0.0, 0.0, 1.0]])
+    near, far, hit = sphere_chord(origins, dirs)
+    assert hit.tolist() == [True, False]
+    assert torch.allclose(near[0], torch.tensor(2.0)) and torch.allclose(far[0], torch.tensor(4.0))
+
+
+def test_rendering_a_sphere_gives_its_silhouette():
+    """At initialisation the SDF is a sphere of radius 0.5: rays through it are opaque, others empty."""
+    cfg = preset("cpu")
+    torch.manual_seed(0)
+    model = SDFModel(cfg)
+    model.sharpness.variance.data.fill_(math.log(300.0) / 10)
+    grid = OccupancyGrid(32)
+    origins = torch.tensor([[0.0, 0.0, -3.0], [0.3, 0.0, -3.0], [0.7, 0.0, -3.0]])
+    dirs = torch.tensor([[0.0, 0.0, 1.0]] * 3)
+    with torch.no_grad():
+        out = render_rays(model, grid, origins, dirs, 256, cos_anneal=1.0, eps=model.sdf.finest_cell(),
+                          jitter=False)
+    assert out["opacity"][0] > 0.95 and out["opacity"][1] > 0.95 and out["opacity"][2] < 0.01
+
+
+def test_blockwise_extraction_equals_one_block_and_finds_the_sphere():
+    fn = lambda p: sphere_sdf(p)  # noqa: E731
+    v1, f1 = extract_mesh(fn, 48, block=48)
+    v2, f2 = extract_mesh(fn, 48, block=13)
+    assert len(v1) == len(v2) and len(f1) == len(f2)
+    assert np.allclose(np.sort(v1, axis=0), np.sort(v2, axis=0), atol=1e-6)
+    radius = np.linalg.norm(v1 - np.array([0.1, -0.2, 0.05]), axis=1)
+    assert np.abs(radius - 0.6).max() < 0.01
+    # Outward normals: the signed volume of the closed surface is positive.
+    tri = v1[f1]
+    volume = np.einsum("ij,ij->i", tri[:, 0], np.cross(tri[:, 1], tri[:, 2])).sum() / 6
+    assert abs(volume - 4 / 3 * math.pi * 0.6 ** 3) < 0.01
+
+
+def test_extraction_respects_the_region():
+    v, f = extract_mesh(lambda p: sphere_sdf(p), 40, inside_fn=lambda p: p[:, 0] < 0.1)
+    assert v[:, 0].max() <= 0.1 + 2.0 / 40 + 1e-6
+
+
+def test_ply_round_trip_and_chamfer(tmp_path):
+    v, f = extract_mesh(lambda p: sphere_sdf(p), 32)
+    colors = np.random.default_rng(0).random((len(v), 3))
+    path = str(tmp_path / "m.ply")
+    write_ply(path, v, f, colors)
+    v2, f2, c2 = read_ply(path)
+    assert np.allclose(v2, v, atol=1e-6) and (f2 == f).all() and np.abs(c2 - colors).max() <= 0.5 / 255 + 1e-9
+    assert chamfer(v2, f2, v, f, samples=4000) < 1e-3
+    shifted = v + np.array([0.05, 0.0, 0.0])
+    expected = 0.05 / np.linalg.norm(v.max(0) - v.min(0))
+    assert 0.3 * expected < chamfer(shifted, f, v, f, samples=4000) < 1.01 * expected
