@@ -12,11 +12,12 @@ class OccupancyGrid:
     """Cells of [-1, 1]^3 that may hold surface: `region` (fixed: inside the unit sphere and, with
     masks, the dilated visual hull) and `occupied` (region cells whose SDF is within a band)."""
 
-    def __init__(self, resolution, region=None):
+    def __init__(self, resolution, region=None, device="cpu"):
         self.resolution = resolution
+        self.device = device
         centers = self.cell_centers()
         in_sphere = centers.norm(dim=-1) <= 1.0 + math.sqrt(3) / resolution
-        self.region = in_sphere if region is None else (in_sphere & region.reshape(-1))
+        self.region = in_sphere if region is None else (in_sphere & region.reshape(-1).to(self.device))
         self.occupied = self.region.clone()
 
     @property
@@ -24,7 +25,7 @@ class OccupancyGrid:
         return 2.0 / self.resolution
 
     def cell_centers(self):
-        axis = (torch.arange(self.resolution, dtype=torch.float32) + 0.5) * self.cell_size - 1.0
+        axis = (torch.arange(self.resolution, dtype=torch.float32, device=self.device) + 0.5) * self.cell_size - 1.0
         return torch.stack(torch.meshgrid(axis, axis, axis, indexing="ij"), -1).reshape(-1, 3)
 
     def index(self, points):
@@ -49,7 +50,8 @@ class OccupancyGrid:
         return {"resolution": self.resolution, "region": self.region, "occupied": self.occupied}
 
     def load_state_dict(self, state):
-        self.resolution, self.region, self.occupied = state["resolution"], state["region"], state["occupied"]
+        self.resolution = state["resolution"]
+        self.region, self.occupied = state["region"].to(self.device), state["occupied"].to(self.device)
 
 
 def sphere_chord(origins, dirs, radius=1.0):
@@ -80,11 +82,13 @@ def render_rays(model, grid, origins, dirs, samples, cos_anneal, eps, gradient="
     Returns a dict: rgb (R, 3), opacity (R,), grad (M, 3) and laplacian (M,) or None at the
     M evaluated samples, and `evaluated` (M).
     """
-    rays = origins.shape[0]
+    rays, device = origins.shape[0], origins.device
     near, far, hit = sphere_chord(origins, dirs)
     step = torch.where(hit, (far - near) / samples, torch.zeros_like(near))
-    offset = torch.rand(rays, samples, generator=generator) if jitter else torch.full((rays, samples), 0.5)
-    t = near[:, None] + (torch.arange(samples, dtype=torch.float32)[None] + offset) * step[:, None]
+    # The generator lives on the CPU so that runs are reproducible on any device.
+    offset = (torch.rand(rays, samples, generator=generator).to(device) if jitter
+              else torch.full((rays, samples), 0.5, device=device))
+    t = near[:, None] + (torch.arange(samples, dtype=torch.float32, device=device)[None] + offset) * step[:, None]
     points = origins[:, None, :] + t[..., None] * dirs[:, None, :]
     keep = grid.lookup(points) & hit[:, None]
     flat = keep.reshape(-1).nonzero().squeeze(1)
@@ -95,9 +99,11 @@ def render_rays(model, grid, origins, dirs, samples, cos_anneal, eps, gradient="
     normals = grad / grad.norm(dim=-1, keepdim=True).clamp_min(1e-6)
     rgb = model.color(feat, normals, d)
     alpha = neus_alpha(sdf, (d * grad).sum(-1), step[ray_of], model.sharpness(), cos_anneal)
-    alpha_full = torch.zeros(rays * samples, dtype=alpha.dtype).index_put((flat,), alpha).view(rays, samples)
-    transmittance = torch.cumprod(torch.cat([torch.ones(rays, 1), 1.0 - alpha_full + 1e-7], 1), 1)[:, :-1]
+    alpha_full = torch.zeros(rays * samples, dtype=alpha.dtype, device=device).index_put((flat,), alpha)
+    alpha_full = alpha_full.view(rays, samples)
+    transmittance = torch.cumprod(torch.cat([torch.ones(rays, 1, device=device), 1.0 - alpha_full + 1e-7], 1),
+                                  1)[:, :-1]
     weights = (alpha_full * transmittance).reshape(-1)[flat]
-    color = torch.zeros(rays, 3).index_add(0, ray_of, weights[:, None] * rgb)
-    opacity = torch.zeros(rays).index_add(0, ray_of, weights)
+    color = torch.zeros(rays, 3, device=device).index_add(0, ray_of, weights[:, None] * rgb)
+    opacity = torch.zeros(rays, device=device).index_add(0, ray_of, weights)
     return {"rgb": color, "opacity": opacity, "grad": grad, "laplacian": lap, "evaluated": flat.numel()}

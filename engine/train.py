@@ -79,9 +79,9 @@ class Trainer:
         self.out.log(f"{len(self.rig.views)} views, {self.data.pixel_count} pixels, masks: "
                      f"{'yes' if self.data.has_masks else 'no'}; region: centre {np.round(n.center, 4).tolist()}, "
                      f"radius {n.radius:.4g}")
-        self.model = SDFModel(self.cfg)
+        self.model = SDFModel(self.cfg).to(self.device)
         self.grid = OccupancyGrid(self.cfg.render.occupancy_resolution,
-                                  region_grid(self.data, self.cfg.render.occupancy_resolution))
+                                  region_grid(self.data, self.cfg.render.occupancy_resolution), self.device)
         self.optimizer = torch.optim.Adam(self.model.param_groups(self.cfg.train), betas=(0.9, 0.99), eps=1e-15)
         self.base_lrs = [g["lr"] for g in self.optimizer.param_groups]
         self.step = 0
@@ -103,12 +103,12 @@ class Trainer:
         return path
 
     def load_checkpoint(self, path):
-        state = torch.load(path, map_location="cpu", weights_only=False)
+        state = torch.load(path, map_location=self.device, weights_only=False)
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.grid.load_state_dict(state["grid"])
-        self.generator.set_state(state["generator"])
-        torch.set_rng_state(state["torch_rng"])
+        self.generator.set_state(state["generator"].cpu())
+        torch.set_rng_state(state["torch_rng"].cpu())
         self.step = state["step"]
 
     @staticmethod
@@ -118,7 +118,8 @@ class Trainer:
 
     # -- training -------------------------------------------------------------------------------
     def sdf_fn(self, x):
-        return self.model.sdf(x)[0]
+        """SDF at points given on any device, returned on the CPU (for extraction)."""
+        return self.model.sdf(x.to(self.device))[0].to(x.device)
 
     def train_step(self):
         cfg, tc = self.cfg, self.cfg.train
@@ -130,7 +131,8 @@ class Trainer:
         factor = learning_rate_factor(self.step, tc)
         for group, base in zip(self.optimizer.param_groups, self.base_lrs):
             group["lr"] = base * factor
-        origins, dirs, rgb_gt, mask = self.data.sample(tc.rays_per_batch, self.generator)
+        origins, dirs, rgb_gt, mask = (None if t is None else t.to(self.device)
+                                       for t in self.data.sample(tc.rays_per_batch, self.generator))
         out = render_rays(self.model, self.grid, origins, dirs, cfg.render.samples_per_ray,
                           cos_anneal=min(1.0, self.step / max(1, cfg.render.cos_anneal_iters)), eps=eps,
                           gradient=tc.gradient, curvature=tc.curvature_weight > 0, generator=self.generator)
@@ -196,7 +198,7 @@ class Trainer:
 
     # -- meshes ---------------------------------------------------------------------------------
     def region_bounds(self):
-        cells = self.grid.cell_centers()[self.grid.region]
+        cells = self.grid.cell_centers()[self.grid.region].cpu()
         half_cell = self.grid.cell_size / 2
         lo = (cells.min(0).values - half_cell).clamp(-1, 1).numpy()
         hi = (cells.max(0).values + half_cell).clamp(-1, 1).numpy()
@@ -209,7 +211,7 @@ class Trainer:
         region = self.grid.region
 
         def inside(points):
-            return region[self.grid.index(points)]
+            return region[self.grid.index(points.to(self.device))].cpu()
 
         vertices, faces = extract_mesh(self.sdf_fn, resolution, self.region_bounds(),
                                        block=self.cfg.mesh.block, inside_fn=inside)
@@ -219,10 +221,10 @@ class Trainer:
     @torch.no_grad()
     def vertex_colors(self, vertices, chunk=65536):
         colors = []
-        for x in torch.tensor(vertices, dtype=torch.float32).split(chunk):
+        for x in torch.tensor(vertices, dtype=torch.float32, device=self.device).split(chunk):
             _, grad, feat, _ = self.model.sdf.with_gradient(x, self.model.sdf.finest_cell())
             normal = grad / grad.norm(dim=-1, keepdim=True).clamp_min(1e-6)
-            colors.append(self.model.color(feat, normal, -normal))
+            colors.append(self.model.color(feat, normal, -normal).cpu())
         return torch.cat(colors).numpy()
 
     def write_preview(self):

@@ -1,0 +1,550 @@
+#!/usr/bin/env python3
+"""Marble's one entry point (standard library only).
+
+    python3 build.py setup [--force]    create .venv (Python 3.11) with the pinned packages
+    python3 build.py test [PYTEST ARGS]  set up if needed, then run the test suite in a sandbox
+    python3 build.py demo [DEMO ARGS]    set up if needed, then reconstruct the embedded default scene
+    python3 build.py extension [--dist DIR]  build dist/marble-<version>.zip with Blender's build command
+    python3 build.py bench [NAMES] [--iterations N]  run benchmarks, print a table, update docs/benchmarks.md
+
+Importable from tests (`sys.path.insert(0, REPO); import build`): build_extension(dist_dir),
+venv_python(), ensure_setup(), isolated_env(folder).
+"""
+import argparse
+import datetime
+import glob
+import hashlib
+import json
+import os
+import platform
+import re
+import shlex
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+import zipfile
+
+REPO = os.path.dirname(os.path.abspath(__file__))
+VENV = os.path.join(REPO, ".venv")
+PYTHON_VERSION = (3, 11)  # the bpy wheel is built for exactly this Python
+
+# The pinned packages: the one place their versions live. torch: on a machine without an NVIDIA GPU
+# pip picks the CPU build of this version where one is offered (a local wheel, or the index named by
+# $MARBLE_TORCH_INDEX, e.g. https://download.pytorch.org/whl/cpu); with a GPU, the default index's.
+PINS = {
+    "torch": "2.13.0",
+    "bpy": "5.0.1",
+    "numpy": "1.26.4",      # bpy 5.0 needs numpy < 2
+    "trimesh": "4.8.3",
+    "PyMCubes": "0.1.6",
+    "pillow": "12.0.0",
+    "pytest": "9.2.0",
+}
+IMPORT_NAMES = {"PyMCubes": "mcubes", "pillow": "PIL"}
+TORCH_INDEX_ENV = "MARBLE_TORCH_INDEX"
+STAMP_FILE = "marble-setup.json"
+
+# What goes into the extension zip (the add-on and the engine; no tests, no build tooling).
+EXTENSION_SOURCES = ("blender_manifest.toml", "__init__.py", "addon", "operators", "ui", "engine")
+BUILD_INFO_FILE = "marble_build.json"
+
+# Environment variables pointed into a temporary folder for tests and the demo, so neither writes
+# into the user's real Blender configuration or caches.
+SANDBOX_DIRS = {"HOME": "home", "XDG_CACHE_HOME": "cache", "XDG_CONFIG_HOME": "config",
+                "XDG_DATA_HOME": "data", "BLENDER_USER_RESOURCES": "blender",
+                "TORCHINDUCTOR_CACHE_DIR": "inductor"}
+
+
+class BuildError(RuntimeError):
+    """A failure with a message a user can act on (printed without a traceback)."""
+
+
+def log(tag, message):
+    print(f"[{tag}] {message}", flush=True)
+
+
+# ---------------------------------------------------------------------------------------------------
+# setup
+
+def venv_python():
+    """Path of the .venv interpreter (not resolved: the venv's own python, not its base)."""
+    if os.name == "nt":
+        return os.path.join(VENV, "Scripts", "python.exe")
+    return os.path.join(VENV, "bin", "python")
+
+
+def has_nvidia_gpu():
+    if shutil.which("nvidia-smi") is None:
+        return False
+    try:
+        result = subprocess.run(["nvidia-smi", "-L"], capture_output=True, text=True, timeout=30)
+    except (OSError, subprocess.SubprocessError):
+        return False
+    return result.returncode == 0 and "GPU" in result.stdout
+
+
+def _python_version(python):
+    try:
+        out = subprocess.run([python, "-c", "import sys; print('%d.%d.%d' % sys.version_info[:3])"],
+                             capture_output=True, text=True, timeout=60)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return out.stdout.strip() if out.returncode == 0 else None
+
+
+def find_base_python():
+    """A Python 3.11 to create the venv with: the running one if it is 3.11, else python3.11 on PATH."""
+    wanted = "%d.%d" % PYTHON_VERSION
+    if sys.version_info[:2] == PYTHON_VERSION:
+        return sys.executable
+    for name in (f"python{wanted}", "python3", "python"):
+        found = shutil.which(name)
+        if found and (_python_version(found) or "").startswith(wanted + "."):
+            return found
+    raise BuildError(f"Marble needs Python {wanted} (the bpy {PINS['bpy']} wheel is built for it), "
+                     f"but this is Python {platform.python_version()} and no python{wanted} is on PATH. "
+                     f"Install Python {wanted} (e.g. `apt install python{wanted} python{wanted}-venv`, "
+                     f"pyenv or uv) and run `python{wanted} build.py setup`.")
+
+
+def requirements():
+    return [f"{name}=={version}" for name, version in PINS.items()]
+
+
+def _variant():
+    return "cuda" if has_nvidia_gpu() else "cpu"
+
+
+def _stamp(python_version, variant):
+    payload = json.dumps({"pins": PINS, "python": python_version, "variant": variant}, sort_keys=True)
+    return hashlib.sha256(payload.encode()).hexdigest()
+
+
+_CHECK_SNIPPET = r"""
+import importlib, importlib.metadata as md, json, sys
+pins, names = json.loads(sys.argv[1]), json.loads(sys.argv[2])
+problems = []
+for dist, wanted in pins.items():
+    try:
+        have = md.version(dist)
+    except md.PackageNotFoundError:
+        problems.append(f"{dist} is not installed")
+        continue
+    if have.split("+")[0] != wanted:
+        problems.append(f"{dist} {have} is installed, {wanted} is pinned")
+        continue
+    try:
+        importlib.import_module(names.get(dist, dist))
+    except Exception as exc:
+        problems.append(f"{dist} does not import: {type(exc).__name__}: {exc}")
+print(json.dumps(problems))
+"""
+
+
+def check_packages(python=None):
+    """Problems with the venv's packages (missing, wrong version, import fails); [] when all is well."""
+    python = python or venv_python()
+    with tempfile.TemporaryDirectory(prefix="marble-check-") as tmp:
+        result = subprocess.run([python, "-c", _CHECK_SNIPPET, json.dumps(PINS), json.dumps(IMPORT_NAMES)],
+                                capture_output=True, text=True, env=isolated_env(tmp), cwd=tmp)
+    try:
+        return json.loads(result.stdout.strip().splitlines()[-1])
+    except (ValueError, IndexError):
+        return [f"the package check failed: {result.stderr.strip()[-2000:]}"]
+
+
+def ensure_setup(force=False, quiet=False):
+    """Create .venv and install the pinned packages unless its stamp says that is already done.
+
+    Returns the venv interpreter's path. A second run only checks the stamp and that the packages
+    import (a few seconds).
+    """
+    say = (lambda message: None) if quiet else (lambda message: log("setup", message))
+    python = venv_python()
+    wanted = "%d.%d" % PYTHON_VERSION
+    created = False
+    if os.path.exists(python):
+        version = _python_version(python)
+        if not (version or "").startswith(wanted + "."):
+            base = find_base_python()
+            say(f"{VENV} runs Python {version or '(broken)'}, not {wanted}: recreating it with {base}")
+            _run([base, "-m", "venv", "--clear", VENV])
+            created = True
+    else:
+        base = find_base_python()
+        say(f"creating {VENV} with {base} (Python {_python_version(base)})")
+        _run([base, "-m", "venv", VENV])
+        created = True
+    version = _python_version(python)
+    variant = _variant()
+    stamp = _stamp(version, variant)
+    stamp_path = os.path.join(VENV, STAMP_FILE)
+    if not force and not created:
+        try:
+            with open(stamp_path, encoding="utf-8") as f:
+                recorded = json.load(f).get("stamp")
+        except (OSError, ValueError):
+            recorded = None
+        if recorded == stamp:
+            problems = check_packages(python)
+            if not problems:
+                say(f"up to date: Python {version}, {variant} build, "
+                    + ", ".join(f"{k} {v}" for k, v in PINS.items()))
+                return python
+            say("stamp matches but: " + "; ".join(problems))
+    pip = [python, "-m", "pip", "install", *requirements()]
+    if variant == "cpu" and os.environ.get(TORCH_INDEX_ENV):
+        pip += ["--extra-index-url", os.environ[TORCH_INDEX_ENV]]
+    say(f"installing the pinned packages ({variant} build of torch): " + " ".join(requirements()))
+    started = time.time()
+    _run(pip)
+    problems = check_packages(python)
+    if problems:
+        raise BuildError("after pip install the venv is still not usable:\n  " + "\n  ".join(problems))
+    if variant == "cuda":
+        probe = subprocess.run([python, "-c", "import torch; print(torch.cuda.is_available())"],
+                               capture_output=True, text=True)
+        if probe.stdout.strip() != "True":
+            say("warning: an NVIDIA GPU is present but this torch build cannot use it "
+                "(a CPU wheel may have been preferred); the engine will run on the CPU")
+    with open(stamp_path, "w", encoding="utf-8") as f:
+        json.dump({"stamp": stamp, "python": version, "variant": variant, "pins": PINS,
+                   "installed": datetime.datetime.now().isoformat(timespec="seconds")}, f, indent=2)
+    say(f"done in {time.time() - started:.0f} s: {python}")
+    return python
+
+
+def _run(command, **kwargs):
+    result = subprocess.run(command, **kwargs)
+    if result.returncode != 0:
+        raise BuildError(f"command failed with exit code {result.returncode}: {' '.join(command)}")
+    return result
+
+
+# ---------------------------------------------------------------------------------------------------
+# sandbox for tests and the demo
+
+def isolated_env(folder, base=None):
+    """A copy of the environment with HOME, XDG_*, BLENDER_USER_RESOURCES and TORCHINDUCTOR_CACHE_DIR
+    pointing into `folder` (created), so Blender and torch write nothing into the user's own folders."""
+    env = dict(os.environ if base is None else base)
+    for name, sub in SANDBOX_DIRS.items():
+        path = os.path.join(folder, sub)
+        os.makedirs(path, exist_ok=True)
+        env[name] = path
+    return env
+
+
+def _sandboxed(tag, command):
+    """Run `command` in the repo root with a fresh sandbox folder; return its exit code."""
+    folder = tempfile.mkdtemp(prefix=f"marble-{tag}-")
+    try:
+        env = isolated_env(folder)
+        return subprocess.call([c.replace("{sandbox}", folder) for c in command], cwd=REPO, env=env)
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+# ---------------------------------------------------------------------------------------------------
+# extension
+
+def read_manifest(path):
+    """(id, version) from a blender_manifest.toml."""
+    with open(path, "rb") as f:
+        raw = f.read()
+    try:
+        import tomllib
+        data = tomllib.loads(raw.decode("utf-8"))
+    except ImportError:
+        text = raw.decode("utf-8")
+        data = dict(re.findall(r'^\s*(id|version)\s*=\s*"([^"]*)"', text, flags=re.M))
+    except ValueError as exc:
+        raise BuildError(f"{path}: not valid TOML: {exc}") from None
+    if not data.get("id") or not data.get("version"):
+        raise BuildError(f"{path}: needs 'id' and 'version'")
+    return data["id"], data["version"]
+
+
+def blender_ext_cli(python=None):
+    """Path of Blender's extension command line (blender_ext.py) inside the venv's bpy package."""
+    pattern = os.path.join(VENV, "lib*", "python*", "site-packages", "bpy", "*", "scripts",
+                           "addons_core", "bl_pkg", "cli", "blender_ext.py")
+    found = sorted(glob.glob(pattern)) or sorted(glob.glob(os.path.join(
+        VENV, "Lib", "site-packages", "bpy", "*", "scripts", "addons_core", "bl_pkg", "cli", "blender_ext.py")))
+    return found[-1] if found else None
+
+
+def build_extension(dist_dir=None, source_root=REPO):
+    """Stage the extension, validate and build it with Blender's own tool; return the zip's path.
+
+    Stages blender_manifest.toml, __init__.py, addon/, operators/, ui/ and engine/ (without
+    __pycache__ and *.pyc) plus marble_build.json ({"python": the .venv interpreter, "version": the
+    manifest's}) into a temporary folder, runs `blender_ext.py validate` and `build` with the venv's
+    Python and checks that the engine is inside the zip.
+    """
+    dist_dir = os.path.abspath(dist_dir or os.path.join(REPO, "dist"))
+    manifest = os.path.join(source_root, "blender_manifest.toml")
+    if not os.path.isfile(manifest):
+        raise BuildError(f"{manifest} is missing")
+    ext_id, version = read_manifest(manifest)
+    if blender_ext_cli() is None:
+        ensure_setup()
+    cli, python = blender_ext_cli(), venv_python()
+    if cli is None:
+        raise BuildError(f"Blender's blender_ext.py was not found in {VENV} (is bpy {PINS['bpy']} installed?)")
+    missing = [name for name in EXTENSION_SOURCES if not os.path.exists(os.path.join(source_root, name))]
+    if missing:
+        raise BuildError(f"cannot build the extension: {', '.join(missing)} missing in {source_root}")
+    os.makedirs(dist_dir, exist_ok=True)
+    tmp = tempfile.mkdtemp(prefix="marble-extension-")
+    try:
+        stage = os.path.join(tmp, ext_id)
+        os.makedirs(stage)
+        ignore = shutil.ignore_patterns("__pycache__", "*.pyc", "*.pyo", ".*")
+        for name in EXTENSION_SOURCES:
+            source = os.path.join(source_root, name)
+            if os.path.isdir(source):
+                shutil.copytree(source, os.path.join(stage, name), ignore=ignore)
+            else:
+                shutil.copy2(source, os.path.join(stage, name))
+        info = {"python": os.path.abspath(python), "version": version, "repo": os.path.abspath(source_root)}
+        with open(os.path.join(stage, BUILD_INFO_FILE), "w", encoding="utf-8") as f:
+            json.dump(info, f, indent=2)
+        for command in (["validate", stage], ["build", "--source-dir", stage, "--output-dir", dist_dir]):
+            result = subprocess.run([python, cli, *command], capture_output=True, text=True, cwd=tmp)
+            if result.returncode != 0:
+                raise BuildError(f"blender_ext.py {command[0]} failed (exit {result.returncode}):\n"
+                                 f"{result.stdout}{result.stderr}".rstrip())
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    path = os.path.join(dist_dir, f"{ext_id}-{version}.zip")
+    if not os.path.isfile(path):
+        raise BuildError(f"Blender's build command did not write {path}")
+    with zipfile.ZipFile(path) as archive:
+        names = set(archive.namelist())
+    for needed in ("blender_manifest.toml", "__init__.py", "engine/protocol.py", BUILD_INFO_FILE):
+        if needed not in names:
+            raise BuildError(f"{path} lacks {needed}")
+    return path
+
+
+# ---------------------------------------------------------------------------------------------------
+# benchmarks: each is a function(options) -> dict of column values; the table's rows are keyed by
+# the benchmark's key columns (a new run on the same machine/device/backend replaces its row).
+
+def machine_info():
+    model = None
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            for line in f:
+                if line.lower().startswith("model name"):
+                    model = line.split(":", 1)[1].strip()
+                    break
+    except OSError:
+        pass
+    model = model or platform.processor() or platform.machine()
+    gpu = None
+    if has_nvidia_gpu():
+        try:
+            out = subprocess.run(["nvidia-smi", "--query-gpu=name", "--format=csv,noheader"],
+                                 capture_output=True, text=True, timeout=30)
+            gpu = out.stdout.strip().splitlines()[0] if out.returncode == 0 and out.stdout.strip() else None
+        except (OSError, subprocess.SubprocessError):
+            gpu = None
+    return {"cpu": model, "cores": os.cpu_count() or 1, "gpu": gpu}
+
+
+def bench_demo(options):
+    """The embedded default end to end through the add-on (`python3 build.py demo`)."""
+    python = ensure_setup()
+    command = [python, "-m", "demo.run"]
+    if options.iterations:
+        command += ["--iterations", str(options.iterations)]
+    folder = tempfile.mkdtemp(prefix="marble-bench-")
+    result_file = os.path.join(REPO, "demo", "out", "result.json")
+    if os.path.exists(result_file):
+        os.remove(result_file)
+    started = time.perf_counter()
+    try:
+        process = subprocess.Popen(command, cwd=REPO, env=isolated_env(folder), stdout=subprocess.PIPE,
+                                   text=True, bufsize=1)
+        last = ""
+        for line in process.stdout:
+            sys.stdout.write(line)
+            sys.stdout.flush()
+            if line.strip():
+                last = line.strip()
+        code = process.wait()
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+    wall = time.perf_counter() - started
+    match = re.fullmatch(r"chamfer: ([0-9.eE+-]+)", last)
+    if code != 0 or not match:
+        raise BuildError(f"the demo failed (exit {code}); last line: {last!r}")
+    details = {}
+    try:
+        with open(result_file, encoding="utf-8") as f:
+            details = json.load(f)
+    except (OSError, ValueError):
+        pass
+    timings = details.get("timings", {})
+    machine = machine_info()
+    return {
+        "date": datetime.date.today().isoformat(),
+        "cpu": machine["cpu"], "cores": str(machine["cores"]), "gpu": machine["gpu"] or "-",
+        "device": details.get("device", "?"), "backend": details.get("backend", "?"),
+        "preset": details.get("preset", "cpu"), "iterations": str(details.get("iterations", "?")),
+        "views": str(details.get("views", "?")),
+        "train s": f"{timings['train']:.1f}" if "train" in timings else "?",
+        "wall s": f"{wall:.1f}",
+        "chamfer": f"{float(match.group(1)):.4f}",
+    }
+
+
+BENCHMARKS = {
+    "demo": {
+        "run": bench_demo,
+        "title": "demo: the embedded default through the add-on",
+        "about": ("`python3 build.py demo`: render the textured torus (Cycles, CPU), build and install the "
+                  "extension, train with the `cpu` preset through the add-on, import the mesh. `wall s` is "
+                  "the whole run, `train s` the engine's job (from Train to the imported mesh); chamfer is "
+                  "the symmetric Chamfer distance to the true surface over the true bounding-box diagonal."),
+        "columns": ["date", "cpu", "cores", "gpu", "device", "backend", "preset", "iterations", "views",
+                    "train s", "wall s", "chamfer"],
+        "key": ["cpu", "cores", "gpu", "device", "backend", "preset", "iterations", "views"],
+    },
+}
+BENCHMARKS_DOC = os.path.join(REPO, "docs", "benchmarks.md")
+BENCHMARKS_HEADER = ("# Benchmarks\n\nWritten by `python3 build.py bench [NAMES]`: one section per benchmark, "
+                     "one row per machine, device and backend (a new run replaces its row). A timing is "
+                     "only comparable with one taken on the same machine and backend.\n")
+
+
+def markdown_table(columns, rows):
+    lines = ["| " + " | ".join(columns) + " |", "|" + "|".join("---" for _ in columns) + "|"]
+    for row in rows:
+        lines.append("| " + " | ".join(str(row.get(c, "")).replace("|", "/") for c in columns) + " |")
+    return "\n".join(lines)
+
+
+def _parse_table(lines):
+    rows, columns = [], None
+    for line in lines:
+        if not line.startswith("|"):
+            continue
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        if columns is None:
+            columns = cells
+        elif not all(set(c) <= set("-: ") for c in cells):
+            rows.append(dict(zip(columns, cells)))
+    return rows
+
+
+def update_benchmarks_doc(name, row, path=BENCHMARKS_DOC):
+    """Put `row` into the section of benchmark `name` in docs/benchmarks.md, keeping the rest."""
+    spec = BENCHMARKS[name]
+    text = open(path, encoding="utf-8").read() if os.path.exists(path) else BENCHMARKS_HEADER
+    parts = re.split(r"(?m)^(?=## )", text)
+    head, sections = parts[0], parts[1:]
+    heading = f"## {name}"
+    index = next((i for i, s in enumerate(sections) if s.splitlines()[0].strip().split(":")[0] == heading), None)
+    rows = _parse_table(sections[index].splitlines()) if index is not None else []
+    rows = [r for r in rows if [r.get(k) for k in spec["key"]] != [row.get(k) for k in spec["key"]]]
+    rows.append(row)
+    section = (f"## {spec['title']}\n\n{spec['about']}\n\n"
+               + markdown_table(spec["columns"], rows) + "\n\n")
+    if index is None:
+        sections.append(section)
+    else:
+        sections[index] = section
+    if not head.endswith("\n\n"):
+        head = head.rstrip("\n") + "\n\n"
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    with open(path, "w", encoding="utf-8") as f:
+        f.write((head + "".join(sections)).rstrip("\n") + "\n")
+    return rows
+
+
+# ---------------------------------------------------------------------------------------------------
+# commands
+
+def cmd_setup(argv):
+    parser = argparse.ArgumentParser(prog="build.py setup", description="Create .venv with the pinned packages.")
+    parser.add_argument("--force", action="store_true", help="run pip even when the stamp matches")
+    args = parser.parse_args(argv)
+    ensure_setup(force=args.force)
+    return 0
+
+
+def cmd_test(argv):
+    python = ensure_setup()
+    # `build.py test tests/test_x.py::name` runs just that; otherwise the whole of tests/.
+    paths = [a for a in argv if not a.startswith("-") and os.path.exists(os.path.join(REPO, a.split("::")[0]))]
+    targets = [] if paths else ["tests"]
+    log("test", "pytest " + shlex.join(targets + argv))
+    return _sandboxed("test", [python, "-m", "pytest", *targets, "-q", "--basetemp={sandbox}/pytest",
+                               "-o", "cache_dir={sandbox}/pytest-cache", *argv])
+
+
+def cmd_demo(argv):
+    python = ensure_setup()
+    log("demo", "reconstructing the embedded default scene (python -m demo.run)")
+    return _sandboxed("demo", [python, "-m", "demo.run", *argv])
+
+
+def cmd_extension(argv):
+    parser = argparse.ArgumentParser(prog="build.py extension", description="Build dist/marble-<version>.zip.")
+    parser.add_argument("--dist", default=os.path.join(REPO, "dist"), help="output folder (default dist/)")
+    args = parser.parse_args(argv)
+    path = build_extension(args.dist)
+    log("extension", f"built {path}")
+    return 0
+
+
+def cmd_bench(argv):
+    parser = argparse.ArgumentParser(prog="build.py bench", description="Run benchmarks; update docs/benchmarks.md.")
+    parser.add_argument("names", nargs="*", help=f"benchmarks to run (default all: {', '.join(BENCHMARKS)})")
+    parser.add_argument("--iterations", type=int, default=0, help="training iterations (0: the preset's own)")
+    parser.add_argument("--no-write", action="store_true", help="print the table only")
+    args = parser.parse_args(argv)
+    unknown = [n for n in args.names if n not in BENCHMARKS]
+    if unknown:
+        parser.error(f"unknown benchmark(s) {', '.join(unknown)}; known: {', '.join(BENCHMARKS)}")
+    for name in args.names or list(BENCHMARKS):
+        spec = BENCHMARKS[name]
+        log("bench", f"running {name}")
+        row = spec["run"](args)
+        rows = [row] if args.no_write else update_benchmarks_doc(name, row)
+        print(f"\n## {spec['title']}\n\n" + markdown_table(spec["columns"], rows) + "\n", flush=True)
+        if not args.no_write:
+            log("bench", f"updated {os.path.relpath(BENCHMARKS_DOC, REPO)}")
+    return 0
+
+
+COMMANDS = {"setup": cmd_setup, "test": cmd_test, "demo": cmd_demo, "extension": cmd_extension,
+            "bench": cmd_bench}
+
+
+def main(argv=None):
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] in ("-h", "--help", "help"):
+        print(__doc__.rstrip())
+        return 0 if argv else 2
+    if argv[0] not in COMMANDS:
+        print(__doc__.rstrip())
+        print(f"\nerror: unknown command {argv[0]!r}", file=sys.stderr)
+        return 2
+    try:
+        return COMMANDS[argv[0]](argv[1:])
+    except BuildError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
