@@ -41,6 +41,7 @@ PINS = {
     "PyMCubes": "0.1.6",
     "pillow": "12.0.0",
     "pytest": "9.2.0",
+    "scipy": "1.15.3",      # k-d tree for exact point-to-surface distances (engine.metrics)
 }
 IMPORT_NAMES = {"PyMCubes": "mcubes", "pillow": "PIL"}
 TORCH_INDEX_ENV = "MARBLE_TORCH_INDEX"

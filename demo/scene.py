@@ -28,6 +28,7 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if REPO not in sys.path:
     sys.path.insert(0, REPO)
 
+from engine.plyio import write_ply  # noqa: E402
 from engine.rig import OPENGL_TO_OPENCV, Rig, View, write_transforms  # noqa: E402
 
 MAJOR_RADIUS = 0.6
@@ -107,61 +108,6 @@ def camera_intrinsics(camera, width, height):
     return np.array([[focal, 0.0, width / 2.0 - camera.shift_x * fitted],
                      [0.0, focal, height / 2.0 + camera.shift_y * fitted],
                      [0.0, 0.0, 1.0]])
-
-
-def write_ply(path, vertices, faces):
-    """Binary little-endian PLY: float x,y,z and a face list (uchar count, int indices)."""
-    vertices = np.ascontiguousarray(vertices, dtype="<f4")
-    faces = np.asarray(faces, dtype="<i4")
-    header = ("ply\nformat binary_little_endian 1.0\n"
-              f"element vertex {len(vertices)}\nproperty float x\nproperty float y\nproperty float z\n"
-              f"element face {len(faces)}\nproperty list uchar int vertex_indices\nend_header\n")
-    records = np.empty(len(faces), dtype=[("n", "u1"), ("i", "<i4", (faces.shape[1],))])
-    records["n"], records["i"] = faces.shape[1], faces
-    tmp = path + ".tmp"
-    with open(tmp, "wb") as f:
-        f.write(header.encode("ascii"))
-        f.write(vertices.tobytes())
-        f.write(records.tobytes())
-    os.replace(tmp, path)
-
-
-def read_ply(path):
-    """Vertices (N, 3) float and triangles (M, 3) int of a PLY written by write_ply (or any binary
-    little-endian PLY whose vertex element starts with float x,y,z and whose faces are all triangles)."""
-    with open(path, "rb") as f:
-        data = f.read()
-    end = data.index(b"end_header\n") + len(b"end_header\n")
-    lines = data[:end].decode("ascii").splitlines()
-    if "format binary_little_endian 1.0" not in lines:
-        raise ValueError(f"{path}: only binary little-endian PLY is supported")
-    elements, current = [], None
-    types = {"char": "i1", "uchar": "u1", "int8": "i1", "uint8": "u1", "short": "<i2", "ushort": "<u2",
-             "int16": "<i2", "uint16": "<u2", "int": "<i4", "uint": "<u4", "int32": "<i4",
-             "uint32": "<u4", "float": "<f4", "float32": "<f4", "double": "<f8", "float64": "<f8"}
-    for line in lines:
-        words = line.split()
-        if words[:1] == ["element"]:
-            current = [words[1], int(words[2]), []]
-            elements.append(current)
-        elif words[:1] == ["property"]:
-            current[2].append(words[1:])
-    offset, vertices, faces = end, None, None
-    for name, count, props in elements:
-        if name == "vertex":
-            dtype = np.dtype([(p[-1], types[p[0]]) for p in props])
-            table = np.frombuffer(data, dtype=dtype, count=count, offset=offset)
-            vertices = np.stack([table["x"], table["y"], table["z"]], axis=-1).astype(np.float64)
-            offset += dtype.itemsize * count
-        elif name == "face":
-            (_, count_type, index_type, _), = props
-            dtype = np.dtype([("n", types[count_type]), ("i", types[index_type], (3,))])
-            table = np.frombuffer(data, dtype=dtype, count=count, offset=offset)
-            if count and not (table["n"] == 3).all():
-                raise ValueError(f"{path}: only triangle faces are supported")
-            faces = table["i"].astype(np.int64)
-            offset += dtype.itemsize * count
-    return vertices, (faces if faces is not None else np.zeros((0, 3), dtype=np.int64))
 
 
 # ---------------------------------------------------------------------------------------------------

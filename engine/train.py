@@ -4,7 +4,6 @@ import glob
 import json
 import math
 import os
-import random
 import time
 
 import numpy as np
@@ -13,8 +12,9 @@ import torch
 from . import protocol
 from .config import Config, InputError
 from .data import Normalization, RayDataset, carve
-from .mesh import extract_mesh, write_ply
+from .mesh import extract_mesh
 from .model import SDFModel
+from .plyio import write_ply
 from .render import OccupancyGrid, render_rays
 
 
@@ -61,7 +61,6 @@ class Trainer:
         self.cancel = cancel
         self.device = resolve_device(cfg.device)
         torch.manual_seed(cfg.train.seed)
-        random.seed(cfg.train.seed)
         self.generator = torch.Generator().manual_seed(cfg.train.seed)
         for sub in (protocol.CHECKPOINTS_DIR, protocol.MESHES_DIR, protocol.PREVIEWS_DIR):
             os.makedirs(os.path.join(job_dir, sub), exist_ok=True)
@@ -85,7 +84,6 @@ class Trainer:
         self.optimizer = torch.optim.Adam(self.model.param_groups(self.cfg.train), betas=(0.9, 0.99), eps=1e-15)
         self.base_lrs = [g["lr"] for g in self.optimizer.param_groups]
         self.step = 0
-        self.history = []
 
     # -- checkpoints ----------------------------------------------------------------------------
     def checkpoint_path(self, step):
@@ -182,7 +180,6 @@ class Trainer:
                 last_report = now
                 rate = (self.step - start_step) / max(now - started, 1e-6)
                 eta = (tc.iterations - self.step) / max(rate, 1e-6)
-                self.history.append((self.step, loss, psnr))
                 self.out.emit(protocol.PROGRESS, iteration=self.step, total=tc.iterations, loss=round(loss, 6),
                               losses={k: round(v, 6) for k, v in losses.items()}, psnr=round(psnr, 3),
                               eta_s=round(eta, 1), frame=None, levels=levels,

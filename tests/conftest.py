@@ -176,22 +176,11 @@ def ring_cameras(count=4, width=64, height=48, focal=60.0, radius=3.0):
 
 
 def write_ply(path, vertices, faces, colors=None):
-    """A binary little-endian PLY exactly as the engine writes it: float x y z, uchar red green blue,
-    faces as `list uchar int vertex_indices`."""
-    vertices = np.asarray(vertices, dtype=np.float32)
-    faces = np.asarray(faces, dtype=np.int32)
-    if colors is None:
-        colors = np.full((len(vertices), 3), 200, dtype=np.uint8)
-    header = (f"ply\nformat binary_little_endian 1.0\ncomment written by the Marble tests\n"
-              f"element vertex {len(vertices)}\nproperty float x\nproperty float y\nproperty float z\n"
-              f"property uchar red\nproperty uchar green\nproperty uchar blue\n"
-              f"element face {len(faces)}\nproperty list uchar int vertex_indices\nend_header\n")
-    vertex = np.zeros(len(vertices), dtype=[("p", "<f4", 3), ("c", "u1", 3)])
-    vertex["p"], vertex["c"] = vertices, np.asarray(colors, dtype=np.uint8)
-    face = np.zeros(len(faces), dtype=[("n", "u1"), ("i", "<i4", 3)])
-    face["n"], face["i"] = 3, faces
-    with open(path, "wb") as f:
-        f.write(header.encode("ascii") + vertex.tobytes() + face.tobytes())
+    """A PLY exactly as the engine writes it (engine.plyio.write_ply); colours as uint8, default grey."""
+    from engine.plyio import write_ply as engine_write_ply
+
+    colors = np.full((len(vertices), 3), 200, dtype=np.uint8) if colors is None else np.asarray(colors)
+    engine_write_ply(str(path), vertices, faces, colors.astype(np.float64) / 255.0)
     return str(path)
 
 

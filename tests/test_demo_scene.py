@@ -18,6 +18,7 @@ bpy = pytest.importorskip("bpy")
 from PIL import Image  # noqa: E402
 
 from demo import scene as demo_scene  # noqa: E402
+from engine.plyio import read_triangles  # noqa: E402
 from engine.rig import load_rig  # noqa: E402
 
 R, r = demo_scene.MAJOR_RADIUS, demo_scene.MINOR_RADIUS
@@ -120,7 +121,7 @@ def test_truth_mesh(dataset):
     assert np.abs(torus_sdf(np.asarray(mesh.vertices))).max() < 1e-5
     assert mesh.is_watertight and mesh.is_winding_consistent
     assert mesh.volume > 0  # outward-facing triangles
-    vertices, faces = demo_scene.read_ply(result["truth"])
+    vertices, faces, _ = read_triangles(result["truth"])
     np.testing.assert_allclose(vertices, mesh.vertices, atol=1e-6)
     np.testing.assert_array_equal(faces, mesh.faces)
     np.testing.assert_allclose(result["vertices"], vertices, atol=1e-6)

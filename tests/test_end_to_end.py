@@ -9,7 +9,7 @@ import pytest
 from conftest import REPO
 
 from engine import protocol
-from engine.mesh import read_ply
+from engine.plyio import read_triangles
 from engine.metrics import chamfer
 
 # Seconds allowed for training + extraction on a 2-core CPU (the demo's own budget is 5 minutes
@@ -37,8 +37,8 @@ def test_cpu_preset_reconstructs_the_torus(torus_dataset, tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     events = [protocol.decode(line) for line in proc.stdout.splitlines()]
     assert events[-1]["event"] == protocol.DONE
-    vertices, faces, colors = read_ply(events[-1]["outputs"]["mesh"])
-    true_vertices, true_faces, _ = read_ply(os.path.join(torus_dataset, "truth.ply"))
+    vertices, faces, colors = read_triangles(events[-1]["outputs"]["mesh"])
+    true_vertices, true_faces, _ = read_triangles(os.path.join(torus_dataset, "truth.ply"))
     distance = chamfer(vertices, faces, true_vertices, true_faces)
     print(f"torus: {seconds:.0f} s, chamfer {distance:.4f} of the bbox diagonal")
     assert distance < CHAMFER_BOUND

@@ -5,9 +5,10 @@ import numpy as np
 import torch
 
 from engine.config import preset
-from engine.mesh import extract_mesh, read_ply, write_ply
+from engine.mesh import extract_mesh
 from engine.metrics import chamfer
 from engine.model import SDFModel, central_differences
+from engine.plyio import read_triangles, write_ply
 from engine.render import OccupancyGrid, neus_alpha, render_rays, sphere_chord
 from engine.train import active_levels, curvature_schedule
 
@@ -121,7 +122,7 @@ def test_ply_round_trip_and_chamfer(tmp_path):
     colors = np.random.default_rng(0).random((len(v), 3))
     path = str(tmp_path / "m.ply")
     write_ply(path, v, f, colors)
-    v2, f2, c2 = read_ply(path)
+    v2, f2, c2 = read_triangles(path)
     assert np.allclose(v2, v, atol=1e-6) and (f2 == f).all() and np.abs(c2 - colors).max() <= 0.5 / 255 + 1e-9
     assert chamfer(v2, f2, v, f, samples=4000) < 1e-3
     shifted = v + np.array([0.05, 0.0, 0.0])
