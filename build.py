@@ -235,6 +235,8 @@ def isolated_env(folder, base=None):
         path = os.path.join(folder, sub)
         os.makedirs(path, exist_ok=True)
         env[name] = path
+    # Compiled bytecode would land beside the sources (and inside the installed extension's folder).
+    env["PYTHONDONTWRITEBYTECODE"] = "1"
     return env
 
 
