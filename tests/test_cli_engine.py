@@ -176,3 +176,18 @@ def test_events_and_job_directory_of_a_finished_run(tmp_path, tiny_rig):
         assert json.load(f)["mesh"]["resolution"] == 24
     assert events[-1]["outputs"]["mesh"] == os.path.join(job, protocol.MESHES_DIR, protocol.STATIC_MESH_FILE)
     assert len(protocol.read_events(os.path.join(job, protocol.EVENTS_FILE))) == len(events)
+
+
+def test_extract_reextracts_from_the_checkpoint(tmp_path, tiny_rig):
+    job = str(tmp_path / "job")
+    code, events, err = run_engine(["train", "--data", tiny_rig, "--out", job, "--iterations", "2",
+                                    "--resolution", "16"])
+    assert code == 0, err
+    mesh = events[-1]["outputs"]["mesh"]
+    first = os.path.getsize(mesh)
+    code, events, err = run_engine(["extract", job, "--resolution", "40"])
+    assert code == 0, err
+    assert events[-1]["event"] == protocol.DONE and events[-1]["outputs"]["mesh"] == mesh
+    assert os.path.getsize(mesh) > first  # a finer lattice gives more vertices
+    code, events, err = run_engine(["extract", str(tmp_path)])
+    assert_one_error(code, events, err, "not a job directory")
