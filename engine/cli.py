@@ -1,5 +1,6 @@
 """`python -m engine`: train a job, or re-extract a job's mesh from its checkpoint."""
 import argparse
+import math
 import os
 import sys
 import traceback
@@ -22,6 +23,9 @@ def parse_args(argv):
     train.add_argument("--resolution", type=int, help="marching cubes resolution (default: the preset's)")
     train.add_argument("--preview-every", type=int, help="write a coarse preview mesh every N steps")
     train.add_argument("--seed", type=int)
+    train.add_argument("--region", type=float, nargs=4, metavar=("X", "Y", "Z", "R"),
+                       help="the sphere to reconstruct, in world units (default: the rig's, or from the "
+                            "masks' visual hull, or from where the cameras look)")
     train.add_argument("--resume", action="store_true", help="go on from the job's last checkpoint")
     extract = sub.add_parser("extract", help="extract the mesh of a job from its last checkpoint")
     extract.add_argument("job", help="job directory")
@@ -62,6 +66,8 @@ def run_train(args, out):
 
     from .train import Cancelled, Trainer, resolve_device, write_config
     cfg = resolve_config(args)
+    if args.region is not None and not (all(map(math.isfinite, args.region)) and args.region[3] > 0):
+        raise InputError(f"--region needs a centre and a positive radius, got {args.region}")
     rig = load_rig(args.data)
     device = resolve_device(cfg.device)
     os.makedirs(args.out, exist_ok=True)
@@ -74,7 +80,7 @@ def run_train(args, out):
             f"{cfg.train.iterations} iterations, into {os.path.abspath(args.out)}")
     cancel = CancelWatch()
     try:
-        outputs = Trainer(cfg, rig, args.out, out, cancel.requested).run(resume=args.resume)
+        outputs = Trainer(cfg, rig, args.out, out, cancel.requested, region=args.region).run(resume=args.resume)
     except Cancelled:
         return protocol.EXIT_CANCELLED
     finally:

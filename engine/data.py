@@ -37,6 +37,15 @@ class Normalization:
         m[:3, 3] = self.center
         return m
 
+    @classmethod
+    def from_matrix(cls, matrix):
+        """From a 4x4 normalised-to-world similarity (e.g. IDR's scale_mat): centre and scale."""
+        m = np.asarray(matrix, dtype=float)
+        scale = abs(np.linalg.det(m[:3, :3])) ** (1.0 / 3.0)
+        if not np.isfinite(m).all() or scale <= 0:
+            raise RigError("the rig's normalisation matrix is not a usable similarity transform")
+        return cls(center=m[:3, 3].copy(), radius=float(scale))
+
     def save(self, path):
         tmp = path + ".tmp"
         with open(tmp, "w", encoding="utf-8") as f:

@@ -56,8 +56,9 @@ def region_grid(dataset, resolution):
 
 
 class Trainer:
-    def __init__(self, cfg: Config, rig, job_dir, emitter, cancel=None):
+    def __init__(self, cfg: Config, rig, job_dir, emitter, cancel=None, region=None):
         self.cfg, self.rig, self.job_dir, self.out = cfg, rig, job_dir, emitter
+        self.region = region  # (x, y, z, radius) in world units, or None
         self.cancel = cancel
         self.device = resolve_device(cfg.device)
         torch.manual_seed(cfg.train.seed)
@@ -69,7 +70,20 @@ class Trainer:
     def load(self):
         self.out.emit(protocol.STAGE, name="load")
         norm_path = os.path.join(self.job_dir, protocol.NORMALIZATION_FILE)
-        normalization = Normalization.load(norm_path) if os.path.exists(norm_path) else None
+        # The region: the job's own on resume, else the user's (--region), else the rig's, else estimated.
+        if os.path.exists(norm_path):
+            normalization = Normalization.load(norm_path)
+        elif self.region is not None:
+            normalization = Normalization(np.asarray(self.region[:3], dtype=float), float(self.region[3]))
+        elif self.rig.normalization is not None:
+            normalization = Normalization.from_matrix(self.rig.normalization)
+        else:
+            normalization = None
+        frames = sorted({v.frame for v in self.rig.views})
+        if len(frames) > 1:
+            self.rig.views = [v for v in self.rig.views if v.frame == frames[0]]
+            self.out.warn(f"the rig has {len(frames)} frames; this static job trains frame {frames[0]} "
+                          f"({len(self.rig.views)} views)")
         self.data = RayDataset(self.rig, background=self.cfg.render.background, normalization=normalization)
         for message in self.rig.warnings + self.data.warnings:
             self.out.warn(message)
@@ -166,7 +180,9 @@ class Trainer:
             else:
                 self.load_checkpoint(latest)
                 self.out.log(f"resumed from {latest} at step {self.step}")
-        self.out.emit(protocol.STAGE, name="train")
+        n = self.data.normalization
+        self.out.emit(protocol.STAGE, name="train",
+                      region={"center": [round(float(c), 6) for c in n.center], "radius": round(n.radius, 6)})
         start_step, started, last_report = self.step, time.monotonic(), 0.0
         while self.step < tc.iterations:
             if self.cancel is not None and self.cancel.is_set():

@@ -191,3 +191,21 @@ def test_extract_reextracts_from_the_checkpoint(tmp_path, tiny_rig):
     assert os.path.getsize(mesh) > first  # a finer lattice gives more vertices
     code, events, err = run_engine(["extract", str(tmp_path)])
     assert_one_error(code, events, err, "not a job directory")
+
+
+def test_region_from_the_command_line_is_used_and_reported(tmp_path, tiny_rig):
+    job = str(tmp_path / "job")
+    code, events, err = run_engine(["train", "--data", tiny_rig, "--out", job, "--iterations", "1",
+                                    "--resolution", "16", "--region", "0.1", "-0.2", "0.3", "0.75"])
+    assert code == 0, err
+    train = next(e for e in events if e["event"] == protocol.STAGE and e["name"] == "train")
+    assert train["region"] == {"center": [0.1, -0.2, 0.3], "radius": 0.75}
+    with open(os.path.join(job, protocol.NORMALIZATION_FILE)) as f:
+        saved = json.load(f)
+    assert saved["center"] == [0.1, -0.2, 0.3] and saved["radius"] == 0.75
+    # Every vertex lies inside the region's bounding cube (meshes come back in world coordinates).
+    from engine.plyio import read_triangles
+    vertices, _, _ = read_triangles(events[-1]["outputs"]["mesh"])
+    assert (abs(vertices - [0.1, -0.2, 0.3]) <= 0.75 + 1e-4).all()
+    assert_one_error(*run_engine(["train", "--data", tiny_rig, "--out", str(tmp_path / "j2"),
+                                  "--region", "0", "0", "0", "-1"]), "--region")
