@@ -2,6 +2,7 @@
 log lines on stderr, and the cancel request (a `cancel` line on stdin, SIGINT or SIGTERM)."""
 import os
 import signal
+import stat
 import sys
 import threading
 import time
@@ -48,7 +49,10 @@ class Emitter:
 
 
 class CancelWatch:
-    """Sets `requested` on a `cancel` line on stdin, SIGINT or SIGTERM; the training loop polls it."""
+    """Sets `requested` on a `cancel` line on stdin, SIGINT or SIGTERM; the training loop polls it.
+
+    When stdin is a pipe, its end counts as a cancel too: the program that started the engine (Blender)
+    has gone away, and training on with nobody listening would only hold the CPU or GPU."""
 
     def __init__(self, stdin=None):
         self.requested = threading.Event()
@@ -60,12 +64,13 @@ class CancelWatch:
                 pass
         stdin = sys.stdin if stdin is None else stdin
         if stdin is not None and not stdin.isatty():
-            threading.Thread(target=self._read, args=(stdin,), daemon=True, name="marble-stdin").start()
+            threading.Thread(target=self._read, args=(stdin, _is_pipe(stdin)), daemon=True,
+                             name="marble-stdin").start()
 
     def _on_signal(self, signum, frame):
         self.requested.set()
 
-    def _read(self, stdin):
+    def _read(self, stdin, cancel_at_end):
         try:
             for line in stdin:
                 if line.strip() == protocol.CANCEL_LINE:
@@ -73,7 +78,17 @@ class CancelWatch:
                     return
         except (OSError, ValueError):
             return
+        if cancel_at_end:
+            sys.stderr.write("[marble] stdin closed: the program that started the engine is gone; stopping\n")
+            self.requested.set()
 
     def restore(self):
         for sig, handler in self._previous.items():
             signal.signal(sig, handler)
+
+
+def _is_pipe(stream):
+    try:
+        return stat.S_ISFIFO(os.fstat(stream.fileno()).st_mode)
+    except (OSError, ValueError, AttributeError):
+        return False

@@ -12,14 +12,15 @@ from conftest import REPO, make_rig, ring_cameras, write_png
 from engine import protocol
 
 
-def engine(args, **kwargs):
+def engine(args, stdin=subprocess.PIPE):
     env = dict(os.environ, PYTHONPATH=REPO, PYTHONUNBUFFERED="1")
     return subprocess.Popen([sys.executable, "-m", "engine"] + args, cwd=REPO, env=env, text=True,
-                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, **kwargs)
+                            stdin=stdin, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
 
 
 def run_engine(args, timeout=120):
-    proc = engine(args)
+    # No pipe on stdin: the end of a piped stdin means "the caller is gone" and cancels the run.
+    proc = engine(args, stdin=subprocess.DEVNULL)
     out, err = proc.communicate(timeout=timeout)
     lines = [line for line in out.splitlines() if line.strip()]
     events = [protocol.decode(line) for line in lines]
@@ -118,7 +119,7 @@ def read_until(proc, kind, timeout=120):
     raise AssertionError(f"no {kind} event; got {events}; stderr: {proc.stderr.read()}")
 
 
-@pytest.mark.parametrize("how", ["stdin", "sigterm", "sigint"])
+@pytest.mark.parametrize("how", ["stdin", "sigterm", "sigint", "stdin closed"])
 def test_cancel_saves_a_checkpoint_and_resume_goes_on(tmp_path, tiny_rig, how):
     job = str(tmp_path / "job")
     proc = engine(["train", "--data", tiny_rig, "--out", job, "--iterations", "100000", "--resolution", "16"])
@@ -127,10 +128,12 @@ def test_cancel_saves_a_checkpoint_and_resume_goes_on(tmp_path, tiny_rig, how):
     if how == "stdin":
         proc.stdin.write("cancel\n")
         proc.stdin.flush()
+    elif how == "stdin closed":  # Blender crashed or was killed: the pipe's far end is gone
+        proc.stdin.close()
     else:
         proc.send_signal(signal.SIGTERM if how == "sigterm" else signal.SIGINT)
     rest = read_until(proc, protocol.CANCELLED)
-    proc.communicate(timeout=60)
+    proc.wait(timeout=60)
     assert proc.returncode == protocol.EXIT_CANCELLED
     cancelled = rest[-1]
     assert os.path.isfile(cancelled["checkpoint"]) and cancelled["iteration"] >= 1
