@@ -19,6 +19,7 @@ import bpy
 
 from ..engine import protocol
 from . import PACKAGE, ROOT, preferences
+from . import region as regions
 from . import scene as builders
 
 TICK_SECONDS = 0.2          # how often the timer drains events while a job runs
@@ -52,6 +53,7 @@ class Job:
         self.cancel_requested_at = None
         self.terminated_at = None
         self.preview_name = None
+        self.region_name = None               # an automatic region empty that follows the engine's region
         self.reader = threading.Thread(target=_read_events, args=(process.stdout, self.events, self.stray_lines),
                                        name="marble-engine-reader", daemon=True)
 
@@ -96,13 +98,23 @@ def engine_environment(root):
     return env
 
 
-def build_command(python, settings, rig_path, job_dir):
+def build_command(python, settings, rig_path, job_dir, region=None):
+    """The engine's command line; `region` (centre xyz, radius) in world units adds `--region X Y Z R`."""
     command = [python, "-m", "engine", "train", "--data", rig_path, "--out", job_dir,
                "--preset", settings.preset, "--device", settings.device,
                "--resolution", str(settings.resolution)]
     if settings.iterations > 0:
         command += ["--iterations", str(settings.iterations)]
+    if region is not None:
+        centre, radius = region
+        command += ["--region", *(_fixed(x) for x in (*centre, radius))]
     return command
+
+
+def _fixed(value):
+    # Fixed-point, never an exponent: argparse takes "-1e-05" for an option, not a negative number.
+    text = f"{float(value):.9f}".rstrip("0")
+    return text + "0" if text.endswith(".") else text
 
 
 def new_job_dir():
@@ -143,7 +155,11 @@ def start(context):
         os.makedirs(job_dir, exist_ok=True)
     except OSError as exc:
         raise JobError(f"Cannot create the job folder {job_dir}: {exc.strerror}") from None
-    command = build_command(python, settings, rig_path, job_dir)
+    # The region empty: passed on when the user (or the rig) chose it; an automatic, untouched one is
+    # left to the engine, and follows the region the engine reports.
+    region_obj = regions.scene_region(context.scene)
+    region = regions.training_region(context.scene)
+    command = build_command(python, settings, rig_path, job_dir, region=region)
     root = engine_root()
     log_path = os.path.join(job_dir, protocol.LOG_FILE)
     try:
@@ -166,6 +182,8 @@ def start(context):
     collection = settings.rig_collection
     _job = Job(process, command, job_dir, log_path, log_offset, context.scene.name,
                collection.name if collection is not None else "")
+    if region_obj is not None and region is None:
+        _job.region_name = region_obj.name
     _job.reader.start()
 
     state = context.window_manager.marble_job
@@ -281,6 +299,8 @@ def _handle(job, event, state):
         state.device = ", ".join(str(x) for x in (device, backend) if x)
     elif kind == protocol.STAGE:
         state.stage = str(event.get("name", ""))
+        if event.get("name") == "train" and isinstance(event.get("region"), dict):
+            _follow_region(job, event["region"])
     elif kind == protocol.PROGRESS:
         iteration, total = int(_number(event.get("iteration"))), int(_number(event.get("total")))
         state.iteration = iteration
@@ -322,6 +342,20 @@ def _handle(job, event, state):
         else:
             state.state = 'done'
             state.message = f"Imported '{obj.name}' ({len(obj.data.vertices)} vertices)"
+
+
+def _follow_region(job, reported):
+    """Show the region the engine actually uses on the automatic region empty (unless moved meanwhile)."""
+    obj = bpy.data.objects.get(job.region_name) if job.region_name else None
+    if obj is None or not regions.is_auto(obj) or not regions.is_untouched(obj):
+        return
+    try:
+        centre = [float(x) for x in reported.get("center")]
+        radius = float(reported.get("radius"))
+    except (TypeError, ValueError):
+        return
+    if len(centre) == 3:
+        regions.follow(obj, centre, radius)
 
 
 def _target_collection(job):

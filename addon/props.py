@@ -25,11 +25,16 @@ JOB_STATES = (
 
 class MarbleSceneSettings(bpy.types.PropertyGroup):
     rig_path: bpy.props.StringProperty(
-        name="Rig", description="Camera rig file (transforms.json) or its folder",
+        name="Rig", description="Camera rig the engine trains on: a file (transforms.json, COLMAP model, "
+                                "cameras_sphere.npz) or a folder holding one",
         subtype='FILE_PATH')
     rig_collection: bpy.props.PointerProperty(
         name="Rig Collection", type=bpy.types.Collection,
         description="Collection holding the imported cameras; the reconstructed mesh goes here")
+    region: bpy.props.PointerProperty(
+        name="Region", type=bpy.types.Object, poll=lambda self, obj: obj.type == 'EMPTY',
+        description="Empty whose sphere is the region to reconstruct: move and scale it to change "
+                    "what training reconstructs")
     preset: bpy.props.EnumProperty(name="Preset", items=PRESETS, default='cpu')
     iterations: bpy.props.IntProperty(
         name="Iterations", description="Training iterations (0: the preset's default)",
@@ -59,7 +64,26 @@ class MarbleJobState(bpy.types.PropertyGroup):
     device: bpy.props.StringProperty(name="Device", description="Device and backend the engine reported")
 
 
-CLASSES = (MarbleSceneSettings, MarbleJobState)
+EXPORT_STATES = (
+    ('idle', "Idle", "No export has run in this session"),
+    ('running', "Rendering", "Rendering the scene through each camera"),
+    ('cancelled', "Cancelled", "The export was cancelled; no transforms.json was written"),
+    ('failed', "Failed", "The export stopped with an error"),
+    ('done', "Done", "The rig was written"),
+)
+
+
+class MarbleExportState(bpy.types.PropertyGroup):
+    state: bpy.props.EnumProperty(name="State", items=EXPORT_STATES, default='idle')
+    progress: bpy.props.FloatProperty(name="Progress", min=0.0, max=1.0, subtype='FACTOR')
+    done: bpy.props.IntProperty(name="Done", description="Images rendered so far")
+    total: bpy.props.IntProperty(name="Total", description="Images to render")
+    camera: bpy.props.StringProperty(name="Camera", description="The camera rendered last")
+    message: bpy.props.StringProperty(name="Message")
+    filepath: bpy.props.StringProperty(name="File", subtype='FILE_PATH')
+
+
+CLASSES = (MarbleSceneSettings, MarbleJobState, MarbleExportState)
 
 
 def register():
@@ -67,9 +91,11 @@ def register():
         bpy.utils.register_class(cls)
     bpy.types.Scene.marble = bpy.props.PointerProperty(type=MarbleSceneSettings)
     bpy.types.WindowManager.marble_job = bpy.props.PointerProperty(type=MarbleJobState)
+    bpy.types.WindowManager.marble_export = bpy.props.PointerProperty(type=MarbleExportState)
 
 
 def unregister():
+    del bpy.types.WindowManager.marble_export
     del bpy.types.WindowManager.marble_job
     del bpy.types.Scene.marble
     for cls in reversed(CLASSES):

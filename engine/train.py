@@ -79,6 +79,11 @@ class Trainer:
             normalization = Normalization.from_matrix(self.rig.normalization)
         else:
             normalization = None
+        if any(v.split == "train" for v in self.rig.views):
+            held_out = sum(v.split != "train" for v in self.rig.views)
+            self.rig.views = [v for v in self.rig.views if v.split == "train"]
+            if held_out:
+                self.out.log(f"training on the {len(self.rig.views)} 'train' views; {held_out} held out")
         frames = sorted({v.frame for v in self.rig.views})
         if len(frames) > 1:
             self.rig.views = [v for v in self.rig.views if v.frame == frames[0]]

@@ -1,5 +1,5 @@
 # SPDX-License-Identifier: GPL-3.0-or-later
-"""Import a camera rig (transforms.json) as one Blender camera per view."""
+"""Import a camera rig (any format engine.rig reads, file or folder) as Blender cameras."""
 import os
 
 import bpy
@@ -8,34 +8,56 @@ from bpy_extras.io_utils import ImportHelper
 from ..addon import scene as builders
 from ..engine import rig as rigs
 
+FILTER = "*.json;*.npz;*.txt;*.bin"
+
 
 class MARBLE_OT_import_rig(bpy.types.Operator, ImportHelper):
-    """Import calibrated cameras from a transforms.json rig, one camera per photograph"""
+    """Import calibrated cameras: transforms.json (NeRF, instant-ngp, NeuS2), a NeuS2 folder of
+    per-frame transforms, COLMAP (text or binary; the model files or a folder holding sparse/0),
+    IDR/NeuS cameras_sphere.npz. Pick a file, or open a folder and import it with nothing selected"""
     bl_idname = "marble.import_rig"
     bl_label = "Import Rig"
     bl_options = {'REGISTER', 'UNDO'}
 
-    filename_ext = ".json"
-    filter_glob: bpy.props.StringProperty(default="*.json", options={'HIDDEN'})
+    filename_ext = ""
+    filter_glob: bpy.props.StringProperty(default=FILTER, options={'HIDDEN'})
+    directory: bpy.props.StringProperty(
+        name="Folder", subtype='DIR_PATH', options={'HIDDEN', 'SKIP_SAVE'},
+        description="The folder the file browser is in: imported as a whole when no file is chosen")
+    background_images: bpy.props.BoolProperty(
+        name="Background Images", default=True,
+        description="Show each photograph behind its camera's view (the first frame's for a dynamic rig)")
+
+    def draw(self, context):
+        self.layout.prop(self, "background_images")
+
+    def _path(self):
+        path = bpy.path.abspath(self.filepath) if self.filepath else ""
+        if self.directory and (not path or path.endswith(("/", os.sep))):
+            path = bpy.path.abspath(self.directory)  # nothing chosen in the folder: the folder is the rig
+        return os.path.abspath(path) if path else ""
 
     def execute(self, context):
-        path = os.path.abspath(bpy.path.abspath(self.filepath)) if self.filepath else ""
+        path = self._path()
         if not path:
-            self.report({'ERROR'}, "No rig file given")
+            self.report({'ERROR'}, "No rig file or folder given")
             return {'CANCELLED'}
-        # Parse and check everything before creating any Blender data.
+        # Read and check everything before creating any Blender data; build_rig cleans up after itself.
         try:
             rig = rigs.load_rig(path)
-            collection, warnings = builders.build_rig(rig, context.scene)
-        except (rigs.RigError, ValueError) as exc:
+            built = builders.build_rig(rig, context.scene, background_images=self.background_images)
+        except (rigs.RigError, ValueError, OSError) as exc:
             self.report({'ERROR'}, str(exc))
             return {'CANCELLED'}
         settings = context.scene.marble
         settings.rig_path = rig.path
-        settings.rig_collection = collection
-        for warning in warnings:
+        settings.rig_collection = built.collection
+        settings.region = built.region
+        for warning in built.warnings:
             self.report({'WARNING'}, warning)
-        self.report({'INFO'}, f"Imported {len(rig.views)} cameras into '{collection.name}'")
+        frames = built.collection.get(builders.PROP_FRAME_COUNT, 1)
+        what = f"{len(built.cameras)} cameras" + (f" over {frames} frames" if frames > 1 else "")
+        self.report({'INFO'}, f"Imported {what} into '{built.collection.name}'")
         return {'FINISHED'}
 
 

@@ -9,11 +9,9 @@ import atexit
 import importlib
 import os
 import shutil
-import struct
 import sys
 import tempfile
 import types
-import zlib
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SANDBOX_VARS = {"HOME": "home", "XDG_CACHE_HOME": "cache", "XDG_CONFIG_HOME": "config",
@@ -43,6 +41,7 @@ if REPO not in sys.path:
 
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
+from rig_files import look_at, write_png  # noqa: E402,F401  (shared with the rig tests)
 
 PACKAGE = "bl_ext.user_default.marble"
 
@@ -77,11 +76,15 @@ def _reset_job_state(package):
     jobs = sys.modules.get(package + ".addon.jobs")
     if jobs is not None:
         jobs.shutdown(timeout=2.0)
-    state = getattr(bpy.context.window_manager, "marble_job", None)
-    if state is not None:  # the window manager survives read_homefile, so its job state does too
-        for name in state.bl_rna.properties.keys():
-            if name not in ("rna_type", "name"):
-                state.property_unset(name)
+    for group in ("marble_job", "marble_export"):
+        state = getattr(bpy.context.window_manager, group, None)
+        if state is not None:  # the window manager survives read_homefile, so its job state does too
+            for name in state.bl_rna.properties.keys():
+                if name not in ("rna_type", "name"):
+                    state.property_unset(name)
+    export_operator = getattr(bpy.types, "MARBLE_OT_export_rig", None)
+    if export_operator is not None:
+        export_operator.cancel_requested = export_operator.rendering = False
 
 
 @pytest.fixture
@@ -98,6 +101,8 @@ def marble(marble_package):
         module=importlib.import_module(marble_package),
         jobs=importlib.import_module(marble_package + ".addon.jobs"),
         scene=importlib.import_module(marble_package + ".addon.scene"),
+        region=importlib.import_module(marble_package + ".addon.region"),
+        export=importlib.import_module(marble_package + ".addon.export"),
         preferences=importlib.import_module(marble_package + ".addon.preferences"),
         prefs=prefs,
     )
@@ -110,42 +115,11 @@ def marble(marble_package):
 # ---------------------------------------------------------------------------------------------
 # Small files
 
-def write_png(path, width, height, rgba=False):
-    """A flat grey PNG of the given size (numpy + zlib; the rig reader only reads its header)."""
-    channels = 4 if rgba else 3
-    rows = np.full((height, 1 + width * channels), 128, dtype=np.uint8)
-    rows[:, 0] = 0  # filter type "none" for every row
-
-    def chunk(kind, data):
-        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
-
-    header = struct.pack(">IIBBBBB", width, height, 8, 6 if rgba else 2, 0, 0, 0)
-    with open(path, "wb") as f:
-        f.write(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header)
-                + chunk(b"IDAT", zlib.compress(rows.tobytes())) + chunk(b"IEND", b""))
-    return str(path)
-
-
-def look_at(eye, target, up=(0.0, 0.0, 1.0)):
-    """OpenCV camera-to-world (x right, y down, z forward) looking from `eye` at `target`."""
-    eye, target, up = (np.asarray(v, dtype=float) for v in (eye, target, up))
-    z = target - eye
-    z /= np.linalg.norm(z)
-    x = np.cross(z, up)
-    if np.linalg.norm(x) < 1e-6:
-        x = np.cross(z, (0.0, 1.0, 0.0))
-    x /= np.linalg.norm(x)
-    y = np.cross(z, x)
-    c2w = np.eye(4)
-    c2w[:3, 0], c2w[:3, 1], c2w[:3, 2], c2w[:3, 3] = x, y, z, eye
-    return c2w
-
-
-def make_rig(folder, cameras, name=None):
+def make_rig(folder, cameras, name=None, normalization=None):
     """Write tiny PNGs and a transforms.json (via engine.rig.write_transforms) into `folder`.
 
-    `cameras`: list of dicts with K (3x3), c2w (4x4 OpenCV), width, height and optional image name.
-    Returns the transforms.json path; the rig's name is the folder's name.
+    `cameras`: list of dicts with K (3x3), c2w (4x4 OpenCV), width, height and optional image name,
+    distortion, camera and frame. Returns the transforms.json path; the rig's name is the folder's name.
     """
     from engine.rig import Rig, View, write_transforms
 
@@ -157,9 +131,10 @@ def make_rig(folder, cameras, name=None):
         write_png(image, cam["width"], cam["height"])
         views.append(View(image_path=image, width=cam["width"], height=cam["height"],
                           K=np.asarray(cam["K"], dtype=float), c2w=np.asarray(cam["c2w"], dtype=float),
-                          distortion=cam.get("distortion")))
+                          distortion=cam.get("distortion"), camera_id=cam.get("camera", ""),
+                          frame=cam.get("frame", 0)))
     path = os.path.join(folder, "transforms.json")
-    write_transforms(Rig(name=os.path.basename(folder), path=path, views=views), path)
+    write_transforms(Rig(name=os.path.basename(folder), path=path, views=views, normalization=normalization), path)
     return path
 
 
@@ -173,6 +148,52 @@ def ring_cameras(count=4, width=64, height=48, focal=60.0, radius=3.0):
         cams.append({"K": K, "c2w": look_at(eye, (0.0, 0.0, 0.0)), "width": width, "height": height,
                      "image": f"cam_{i:02d}"})
     return cams
+
+
+def random_c2w(rng, spread=4.0):
+    """A random OpenCV camera-to-world (proper rotation, translation in [-spread, spread]^3)."""
+    q, r = np.linalg.qr(rng.normal(size=(3, 3)))
+    q *= np.sign(np.diag(r))
+    if np.linalg.det(q) < 0:
+        q[:, 0] *= -1
+    c2w = np.eye(4)
+    c2w[:3, :3], c2w[:3, 3] = q, rng.uniform(-spread, spread, size=3)
+    return c2w
+
+
+def points_in_view(rng, K, c2w, width, height, count=200, depth=(0.3, 25.0)):
+    """Random 3D points in front of a camera: over the image and a margin around it, many depths."""
+    pixels = rng.uniform([-0.3 * width, -0.3 * height], [1.3 * width, 1.3 * height], size=(count, 2))
+    depths = rng.uniform(depth[0], depth[1], size=(count, 1))
+    rays = (np.linalg.inv(K) @ np.c_[pixels, np.ones(count)].T).T
+    return (c2w[:3, :3] @ (rays * depths).T).T + c2w[:3, 3]
+
+
+def project_opencv(K, c2w, points):
+    """Pixel coordinates (x right, y down, pixel centres at +0.5) through K and an OpenCV c2w."""
+    w2c = np.linalg.inv(c2w)
+    cam = (w2c[:3, :3] @ np.asarray(points).T).T + w2c[:3, 3]
+    assert (cam[:, 2] > 0).all()
+    uv = (np.asarray(K) @ cam.T).T
+    return uv[:, :2] / uv[:, 2:3]
+
+
+def project_blender(obj, points, scene=None):
+    """Pixel coordinates (x right, y down, origin at the image's top-left corner) through Blender's own
+    camera: Object.calc_matrix_camera with the scene's resolution and pixel aspect, and matrix_world."""
+    import bpy
+
+    scene = scene or bpy.context.scene
+    render = scene.render
+    depsgraph = bpy.context.evaluated_depsgraph_get()
+    width = render.resolution_x * render.resolution_percentage / 100.0
+    height = render.resolution_y * render.resolution_percentage / 100.0
+    projection = np.array(obj.calc_matrix_camera(
+        depsgraph, x=int(width), y=int(height), scale_x=render.pixel_aspect_x, scale_y=render.pixel_aspect_y))
+    view = np.array(obj.matrix_world.inverted())
+    clip = (projection @ view @ np.c_[points, np.ones(len(points))].T).T
+    ndc = clip[:, :3] / clip[:, 3:4]
+    return np.stack([(ndc[:, 0] + 1.0) * 0.5 * width, (1.0 - ndc[:, 1]) * 0.5 * height], axis=1)
 
 
 def write_ply(path, vertices, faces, colors=None):

@@ -55,7 +55,14 @@ print("a stray line that is not an event", flush=True)
 if mode == "error":
     emit("error", message=f"{option('--data')}: no usable views (fake)")
     sys.exit(2)
-emit("stage", name="train")
+# Like the real engine: the region actually used, from --region or its own estimate.
+if "--region" in args:
+    i = args.index("--region")
+    x, y, z, r = (float(v) for v in args[i + 1:i + 5])
+    region = {"center": [x, y, z], "radius": r}
+else:
+    region = {"center": [0.1, 0.2, 0.3], "radius": 0.7}
+emit("stage", name="train", region=region)
 total = 4
 for i in range(1, total + 1):
     emit("progress", iteration=i, total=total, loss=1.0 / i, losses={"rgb": 1.0 / i}, psnr=20.0 + i,

@@ -8,15 +8,24 @@ import pytest
 
 import build
 
-OPERATORS = ("MARBLE_OT_import_rig", "MARBLE_OT_train", "MARBLE_OT_cancel", "MARBLE_OT_import_mesh")
+OPERATORS = ("MARBLE_OT_import_rig", "MARBLE_OT_export_rig", "MARBLE_OT_cancel_export", "MARBLE_OT_train",
+             "MARBLE_OT_cancel", "MARBLE_OT_import_mesh")
 
 
 def test_extension_registers(marble):
     for name in OPERATORS:
         assert hasattr(bpy.types, name), name
-    for op in ("import_rig", "train", "cancel", "import_mesh"):
+    for op in ("import_rig", "export_rig", "cancel_export", "train", "cancel", "import_mesh"):
         assert hasattr(bpy.ops.marble, op)
     assert "filepath" in bpy.ops.marble.import_rig.get_rna_type().properties
+    import_props = bpy.ops.marble.import_rig.get_rna_type().properties
+    assert {"filepath", "directory", "background_images"} <= set(import_props.keys())
+    assert import_props["background_images"].default is True
+    export_props = bpy.ops.marble.export_rig.get_rna_type().properties
+    assert {"filepath", "use_selection", "render_images", "transparent_background"} <= set(export_props.keys())
+    assert export_props["render_images"].default is False
+    assert "region" in bpy.context.scene.marble.bl_rna.properties
+    assert bpy.context.window_manager.marble_export.state == 'idle'
     assert "filepath" in bpy.ops.marble.import_mesh.get_rna_type().properties
 
     panel = bpy.types.MARBLE_PT_main
@@ -91,7 +100,7 @@ def test_panel_draws(marble, state):
     fake = type("FakePanel", (), {"layout": RecordingLayout(calls)})()
     panel.draw(fake, bpy.context)
     ops = [c[1] for c in calls if c[0] == "operator"]
-    assert {"marble.import_rig", "marble.train", "marble.import_mesh"} <= set(ops)
+    assert {"marble.import_rig", "marble.export_rig", "marble.train", "marble.import_mesh"} <= set(ops)
     labels = " | ".join(c[1] for c in calls if c[0] == "label")
     assert "No rig imported" in labels
     if state == 'idle':
@@ -103,6 +112,37 @@ def test_panel_draws(marble, state):
     if state == 'running':
         assert "ETA: 1:35" in labels
     assert "marble.cancel" not in ops  # only while a job process actually runs
+
+
+def _draw():
+    calls = []
+    fake = type("FakePanel", (), {"layout": RecordingLayout(calls)})()
+    bpy.types.MARBLE_PT_main.draw(fake, bpy.context)
+    return calls, " | ".join(c[1] for c in calls if c[0] == "label")
+
+
+def test_panel_shows_rig_region_and_export(marble, tmp_path):
+    from conftest import make_rig, ring_cameras
+
+    bpy.ops.marble.import_rig(filepath=make_rig(tmp_path, ring_cameras(count=4), name="studio"))
+    calls, labels = _draw()
+    assert "studio: 4 cameras" in labels and "frames" not in labels
+    assert ("prop", "region") in calls and "Region: automatic" in labels
+    bpy.context.scene.marble.region.location.x += 1.0
+    calls, labels = _draw()
+    # Half the median camera distance, sqrt(3^2 + 0.8^2) / 2, around the point all cameras look at.
+    assert "Region: radius 1.552 at (1, 0, 0)" in labels
+
+    export = bpy.context.window_manager.marble_export
+    export.state, export.progress, export.done, export.total, export.camera = 'running', 0.5, 2, 4, "cam_01"
+    calls, labels = _draw()
+    assert ("progress", 0.5, "2 / 4 images") in calls and "Rendered: cam_01" in labels
+    assert ("operator", "marble.cancel_export") in calls
+    export.state, export.message = 'cancelled', "Cancelled after 2 of 4 images"
+    calls, labels = _draw()
+    assert "Export: Cancelled" in labels and "Cancelled after 2 of 4 images" in labels
+    assert ("operator", "marble.cancel_export") not in calls
+    export.state = 'idle'
 
 
 def test_disable_and_enable_again(marble):

@@ -8,7 +8,7 @@ import bpy
 import numpy as np
 import pytest
 
-from conftest import look_at, make_rig, ring_cameras
+from conftest import look_at, make_rig, project_blender, project_opencv, random_c2w, ring_cameras
 
 
 def test_import_rig_builds_cameras(marble, tmp_path):
@@ -22,9 +22,9 @@ def test_import_rig_builds_cameras(marble, tmp_path):
     assert collection.name in scene.collection.children
     assert scene.marble.rig_collection == collection
     assert scene.marble.rig_path == path
-    objects = sorted(collection.objects, key=lambda o: o.name)
+    objects = sorted(marble.scene.rig_cameras(collection), key=lambda o: o.name)
     assert [o.name for o in objects] == [f"cam_{i:02d}" for i in range(5)]
-    assert all(o.type == 'CAMERA' for o in objects)
+    assert [o.name for o in collection.objects if o.type != 'CAMERA'] == ["turntable region"]
     assert len(bpy.data.cameras) == 5
     assert scene.camera is not None and scene.camera.name in collection.objects
     render = scene.render
@@ -47,40 +47,6 @@ def test_import_rig_builds_cameras(marble, tmp_path):
     assert len(marble.scene.rig_cameras(collection)) == 5
 
 
-def _random_c2w(rng):
-    q, r = np.linalg.qr(rng.normal(size=(3, 3)))
-    q *= np.sign(np.diag(r))
-    if np.linalg.det(q) < 0:
-        q[:, 0] *= -1
-    c2w = np.eye(4)
-    c2w[:3, :3], c2w[:3, 3] = q, rng.uniform(-4.0, 4.0, size=3)
-    return c2w
-
-
-def _project_blender(obj, points):
-    """Pixel coordinates (x right, y down, origin at the image's top-left corner) through Blender."""
-    scene = bpy.context.scene
-    render = scene.render
-    depsgraph = bpy.context.evaluated_depsgraph_get()
-    projection = np.array(obj.calc_matrix_camera(
-        depsgraph, x=render.resolution_x, y=render.resolution_y,
-        scale_x=render.pixel_aspect_x, scale_y=render.pixel_aspect_y))
-    view = np.array(obj.matrix_world.inverted())
-    clip = (projection @ view @ np.c_[points, np.ones(len(points))].T).T
-    ndc = clip[:, :3] / clip[:, 3:4]
-    width = render.resolution_x * render.resolution_percentage / 100.0
-    height = render.resolution_y * render.resolution_percentage / 100.0
-    return np.stack([(ndc[:, 0] + 1.0) * 0.5 * width, (1.0 - ndc[:, 1]) * 0.5 * height], axis=1)
-
-
-def _project_opencv(K, c2w, points):
-    w2c = np.linalg.inv(c2w)
-    cam = (w2c[:3, :3] @ points.T).T + w2c[:3, 3]
-    assert (cam[:, 2] > 0).all()
-    uv = (K @ cam.T).T
-    return uv[:, :2] / uv[:, 2:3]
-
-
 CASES = {
     # name: (width, height, fx, fy, cx, cy)
     "square-centred": (64, 64, 70.0, 70.0, 32.0, 32.0),
@@ -97,7 +63,7 @@ def test_projection_matches_K_and_c2w(marble, tmp_path, case):
     width, height, fx, fy, cx, cy = CASES[case]
     K = np.array([[fx, 0.0, cx], [0.0, fy, cy], [0.0, 0.0, 1.0]])
     rng = np.random.default_rng(zlib.crc32(case.encode()))
-    cams = [{"K": K, "c2w": _random_c2w(rng), "width": width, "height": height} for _ in range(3)]
+    cams = [{"K": K, "c2w": random_c2w(rng), "width": width, "height": height} for _ in range(3)]
     path = make_rig(tmp_path, cams, name=case)
     assert bpy.ops.marble.import_rig(filepath=path) == {'FINISHED'}
     render = bpy.context.scene.render
@@ -112,9 +78,9 @@ def test_projection_matches_K_and_c2w(marble, tmp_path, case):
         rays = (np.linalg.inv(K) @ np.c_[pixels, np.ones(200)].T).T
         points = (cam["c2w"][:3, :3] @ (rays * depth).T).T + cam["c2w"][:3, 3]
 
-        expected = _project_opencv(K, cam["c2w"], points)
+        expected = project_opencv(K, cam["c2w"], points)
         assert np.abs(expected - pixels).max() < 1e-6  # the reference itself is sound
-        got = _project_blender(obj, points)
+        got = project_blender(obj, points)
         error = np.abs(got - expected).max()
         assert error < 0.01, f"{case}, camera {i}: Blender and K/c2w disagree by {error:.4f} px"
 
@@ -130,7 +96,7 @@ def test_projection_of_image_corners(marble, tmp_path):
     corners = np.array([[0.0, 0.0], [width, 0.0], [0.0, height], [width, height]])
     rays = (np.linalg.inv(K) @ np.c_[corners, np.ones(4)].T).T * 4.0
     points = (c2w[:3, :3] @ rays.T).T + c2w[:3, 3]
-    assert np.abs(_project_blender(obj, points) - corners).max() < 0.01
+    assert np.abs(project_blender(obj, points) - corners).max() < 0.01
 
 
 def _blender_state():

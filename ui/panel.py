@@ -5,9 +5,11 @@ import textwrap
 import bpy
 
 from ..addon import jobs
+from ..addon import region as regions
 from ..addon import scene as builders
 
 ACTIVE_STATES = {'running', 'cancelling'}
+EXPORT_ICONS = {'running': 'RENDER_STILL', 'cancelled': 'CANCEL', 'failed': 'ERROR', 'done': 'CHECKMARK'}
 STATE_ICONS = {'idle': 'INFO', 'running': 'PLAY', 'cancelling': 'PAUSE', 'cancelled': 'CANCEL',
                'failed': 'ERROR', 'done': 'CHECKMARK'}
 
@@ -19,6 +21,10 @@ def format_duration(seconds):
     return f"{hours}:{minutes:02d}:{seconds:02d}" if hours else f"{minutes}:{seconds:02d}"
 
 
+def _number(x):
+    return f"{round(float(x), 4) + 0.0:.4g}"  # + 0.0: no "-0"
+
+
 def _wrapped_labels(layout, text, icon='NONE', width=48, max_lines=14):
     # Labels do not wrap: long engine messages (a log tail) are split by hand.
     lines = []
@@ -27,6 +33,19 @@ def _wrapped_labels(layout, text, icon='NONE', width=48, max_lines=14):
     col = layout.column(align=True)
     for i, line in enumerate(lines[-max_lines:]):
         col.label(text=line, icon=icon if i == 0 else 'BLANK1')
+
+
+def _export_status(layout, state):
+    # Like the job's status: what runs, a bar, the camera rendered last, a message.
+    col = layout.column(align=True)
+    col.label(text=f"Export: {state.state.capitalize()}", icon=EXPORT_ICONS.get(state.state, 'INFO'))
+    if state.state == 'running':
+        col.progress(factor=state.progress, type='BAR', text=f"{state.done} / {state.total} images")
+        if state.camera:
+            col.label(text=f"Rendered: {state.camera}")
+        col.operator("marble.cancel_export", icon='CANCEL')
+    elif state.message:
+        _wrapped_labels(col, state.message, icon='ERROR' if state.state == 'failed' else 'INFO')
 
 
 class MARBLE_PT_main(bpy.types.Panel):
@@ -46,12 +65,29 @@ class MARBLE_PT_main(bpy.types.Panel):
         box.label(text="Rig", icon='OUTLINER_OB_CAMERA')
         collection = settings.rig_collection
         if collection is not None:
-            box.label(text=f"{collection.name}: {len(builders.rig_cameras(collection))} cameras")
+            cameras, frames = builders.rig_summary(collection)
+            counts = f"{cameras} cameras" + (f", {frames} frames" if frames > 1 else "")
+            box.label(text=f"{collection.name}: {counts}")
         elif settings.rig_path:
             box.label(text=bpy.path.basename(settings.rig_path))
         else:
             box.label(text="No rig imported")
-        box.operator("marble.import_rig", icon='IMPORT')
+        row = box.row(align=True)
+        row.operator("marble.import_rig", icon='IMPORT')
+        row.operator("marble.export_rig", icon='EXPORT')
+        region = regions.scene_region(context.scene)
+        if region is not None:
+            col = box.column(align=True)
+            col.prop(settings, "region")
+            if regions.is_explicit(region):
+                centre, radius = regions.sphere(region)
+                where = ", ".join(_number(x) for x in centre)
+                col.label(text=f"Region: radius {_number(radius)} at ({where})", icon='SPHERE')
+            else:
+                col.label(text="Region: automatic (the engine estimates it)", icon='SPHERE')
+        export_state = context.window_manager.marble_export
+        if export_state.state != 'idle':
+            _export_status(box, export_state)
 
         box = layout.box()
         box.label(text="Training", icon='MOD_REMESH')
