@@ -27,9 +27,17 @@ def parse_args(argv):
                        help="the sphere to reconstruct, in world units (default: the rig's, or from the "
                             "masks' visual hull, or from where the cameras look)")
     train.add_argument("--resume", action="store_true", help="go on from the job's last checkpoint")
+    train.add_argument("--downscale", type=int, help="train on images 1/N the size (area averaged)")
+    train.add_argument("--holdout-every", type=int,
+                       help="hold out every Nth view (index %% N == 0) for `evaluate`")
+    train.add_argument("--largest-component", action="store_true",
+                       help="keep only the largest connected piece of the mesh")
     extract = sub.add_parser("extract", help="extract the mesh of a job from its last checkpoint")
     extract.add_argument("job", help="job directory")
     extract.add_argument("--resolution", type=int)
+    evaluate = sub.add_parser("evaluate", help="render a job's held-out views and report PSNR and mask IoU")
+    evaluate.add_argument("job", help="job directory")
+    evaluate.add_argument("--downscale", type=int, help="render at 1/N size (default: the training size)")
     return parser.parse_args(argv)
 
 
@@ -51,6 +59,15 @@ def resolve_config(args):
         cfg.train.preview_every = max(0, args.preview_every)
     if args.seed is not None:
         cfg.train.seed = args.seed
+    for name in ("downscale", "holdout_every"):
+        value = getattr(args, name)
+        if value is not None:
+            if value < (1 if name == "downscale" else 0):
+                raise InputError(f"--{name.replace('_', '-')} must be at least "
+                                 f"{1 if name == 'downscale' else 0}, got {value}")
+            setattr(cfg.data, name, value)
+    if args.largest_component:
+        cfg.mesh.largest_component = True
     cfg.device = args.device
     return cfg
 
@@ -89,24 +106,42 @@ def run_train(args, out):
     return protocol.EXIT_OK
 
 
-def run_extract(args, out):
+def load_job(job, out):
+    """A Trainer restored from a finished (or cancelled) job's last checkpoint."""
     from .train import Trainer
-    job = args.job
     if not os.path.isfile(os.path.join(job, protocol.CONFIG_FILE)):
-        raise RigError(f"{job}: not a job directory (no {protocol.CONFIG_FILE})")
+        raise InputError(f"{job}: not a job directory (no {protocol.CONFIG_FILE})")
     cfg = Config.from_dict(_read_json(os.path.join(job, protocol.CONFIG_FILE)))
-    if args.resolution:
-        cfg.mesh.resolution = args.resolution
     events = protocol.read_events(os.path.join(job, protocol.EVENTS_FILE))
     data = next((e["data"] for e in events if e["event"] == protocol.STARTED), None)
     latest = Trainer.latest_checkpoint(job)
     if data is None or latest is None:
-        raise RigError(f"{job}: the job has no checkpoint to extract from")
+        raise InputError(f"{job}: the job has no checkpoint yet")
     out.attach(job)
     trainer = Trainer(cfg, load_rig(data), job, out)
     trainer.load()
     trainer.load_checkpoint(latest)
+    return trainer
+
+
+def run_extract(args, out):
+    trainer = load_job(args.job, out)
+    if args.resolution:
+        trainer.cfg.mesh.resolution = args.resolution
     out.emit(protocol.DONE, outputs=trainer.extract())
+    return protocol.EXIT_OK
+
+
+def run_evaluate(args, out):
+    from .evaluate import evaluate_views
+    trainer = load_job(args.job, out)
+    views = trainer.held_out
+    if not views:
+        views = trainer.rig.views
+        out.warn("the job held out no views (train with --holdout-every N): evaluating on training views")
+    downscale = args.downscale or trainer.cfg.data.downscale
+    path, summary = evaluate_views(trainer, views, downscale, os.path.join(args.job, "eval"))
+    out.emit(protocol.DONE, outputs={"eval": path, "psnr": summary["psnr"], "mask_iou": summary["mask_iou"]})
     return protocol.EXIT_OK
 
 
@@ -114,7 +149,8 @@ def main(argv=None):
     args = parse_args(sys.argv[1:] if argv is None else argv)
     out = Emitter()
     try:
-        return run_train(args, out) if args.command == "train" else run_extract(args, out)
+        commands = {"train": run_train, "extract": run_extract, "evaluate": run_evaluate}
+        return commands[args.command](args, out)
     except (RigError, InputError) as exc:
         # Bad input: one error event a user can act on, no traceback.
         out.log(f"error: {exc}")

@@ -48,6 +48,7 @@ class TrainConfig:
     gradient: str = "numerical"    # numerical (Neuralangelo central differences) | analytic
     start_levels: int = 4          # progressive levels: active at step 0
     level_every: int = 100         # one more level every this many steps
+    grid_weight_decay: float = 0.0 # AdamW weight decay on the hash tables (Neuralangelo: 1e-2)
     checkpoint_every: int = 500
     preview_every: int = 0         # 0: no preview meshes
     seed: int = 0
@@ -57,6 +58,13 @@ class TrainConfig:
 class MeshConfig:
     resolution: int = 256
     block: int = 128               # marching cubes block edge (bounded memory)
+    largest_component: bool = False  # keep only the largest connected piece (drops floaters)
+
+
+@dataclass
+class DataConfig:
+    downscale: int = 1             # train on images 1/downscale the size (area averaged)
+    holdout_every: int = 0         # hold out every Nth view (index % N == 0) for evaluation; 0: none
 
 
 @dataclass
@@ -67,6 +75,7 @@ class Config:
     render: RenderConfig = field(default_factory=RenderConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     mesh: MeshConfig = field(default_factory=MeshConfig)
+    data: DataConfig = field(default_factory=DataConfig)
     device: str = "auto"
 
     def to_dict(self):
@@ -77,7 +86,7 @@ class Config:
         return cls(preset=data["preset"], device=data.get("device", "auto"),
                    encoding=HashGridConfig(**data["encoding"]), network=NetworkConfig(**data["network"]),
                    render=RenderConfig(**data["render"]), train=TrainConfig(**data["train"]),
-                   mesh=MeshConfig(**data["mesh"]))
+                   mesh=MeshConfig(**data["mesh"]), data=DataConfig(**data.get("data", {})))
 
 
 def preset(name):
@@ -99,7 +108,7 @@ def preset(name):
             network=NetworkConfig(sdf_hidden=256, sdf_layers=1, color_hidden=256, color_layers=4),
             render=RenderConfig(samples_per_ray=1024, occupancy_resolution=128),
             train=TrainConfig(iterations=100000, rays_per_batch=4096, start_levels=4, level_every=5000,
-                              curvature_weight=5e-4),
+                              curvature_weight=5e-4, grid_weight_decay=1e-2),
             mesh=MeshConfig(resolution=1024))
     if name == "cpu":
         return Config(

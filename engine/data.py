@@ -4,6 +4,7 @@ The engine works in a normalised space where the region of interest is the unit 
 p_norm = (p_world - center) / radius. With masks, the region is the bounding sphere of the visual hull;
 without, it is guessed from where the cameras look (a warning says so).
 """
+import dataclasses
 import json
 import os
 from dataclasses import dataclass
@@ -11,7 +12,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from .rig import RigError
+from .rig import RigError, image_size
 
 try:
     from PIL import Image
@@ -60,18 +61,33 @@ class Normalization:
         return cls(center=np.array(data["center"], dtype=float), radius=float(data["radius"]))
 
 
-def load_image(path, where):
-    """(H, W, 3) float32 RGB in [0, 1] and the alpha channel (H, W) or None."""
+def load_image(path, where, size=None):
+    """(H, W, 3) float32 RGB in [0, 1] and the alpha channel (H, W) or None; `size` (width, height)
+    resamples it by area averaging (for --downscale)."""
     if Image is None:
         raise RigError("Pillow is not installed in the engine's Python; run `python3 build.py setup`")
     try:
         with Image.open(path) as im:
             im.load()
             has_alpha = im.mode in ("RGBA", "LA") or (im.mode == "P" and "transparency" in im.info)
-            array = np.asarray(im.convert("RGBA" if has_alpha else "RGB"), dtype=np.float32) / 255.0
+            im = im.convert("RGBA" if has_alpha else "RGB")
+            if size is not None and tuple(size) != im.size:
+                im = im.resize(tuple(size), Image.BOX)
+            array = np.asarray(im, dtype=np.float32) / 255.0
     except (OSError, ValueError) as exc:
         raise RigError(f"{path}: cannot read image for {where} ({exc})") from None
     return array[..., :3], (array[..., 3] if has_alpha else None)
+
+
+def downscaled_view(view, factor):
+    """The view at 1/factor of its size: K scaled with the image, so that pixel centres stay at +0.5."""
+    if factor == 1:
+        return view
+    width, height = max(1, view.width // factor), max(1, view.height // factor)
+    K = np.asarray(view.K, dtype=float).copy()
+    K[0] *= width / view.width
+    K[1] *= height / view.height
+    return dataclasses.replace(view, width=width, height=height, K=K)
 
 
 def undistort_points(x, y, k1, k2, p1, p2, iterations=10):
@@ -171,16 +187,18 @@ def estimate_normalization(views, masks, margin=1.1):
 class RayDataset:
     """All pixels of all views, with per-view cameras in normalised space, for random ray batches."""
 
-    def __init__(self, rig, background=0.0, log=None, normalization=None):
-        views = rig.views
+    def __init__(self, rig, background=0.0, normalization=None, downscale=1):
+        views = [downscaled_view(v, downscale) for v in rig.views]
         rgbs, masks, any_alpha = [], [], False
-        for i, view in enumerate(views):
-            rgb, alpha = load_image(view.image_path, f"view {i} of {rig.path}")
-            if rgb.shape[:2] != (view.height, view.width):
-                raise RigError(f"{view.image_path}: image is {rgb.shape[1]}x{rgb.shape[0]} but the rig "
-                               f"says {view.width}x{view.height}")
+        for i, (view, full) in enumerate(zip(views, rig.views)):
+            actual = image_size(full.image_path)
+            if tuple(actual) != (full.width, full.height):
+                raise RigError(f"{full.image_path}: image is {actual[0]}x{actual[1]} but the rig "
+                               f"says {full.width}x{full.height}")
+            size = (view.width, view.height) if downscale > 1 else None
+            rgb, alpha = load_image(view.image_path, f"view {i} of {rig.path}", size)
             if view.mask_path:
-                m, _ = load_image(view.mask_path, f"mask of view {i}")
+                m, _ = load_image(view.mask_path, f"mask of view {i}", size)
                 alpha = (m[..., 0] > 0.5).astype(np.float32)
             any_alpha |= alpha is not None
             rgbs.append(rgb)

@@ -49,3 +49,14 @@ def extract_mesh(sdf_fn, resolution, bounds=(-1.0, 1.0), block=128, inside_fn=No
     vertices, faces = vertices[first], inverse.reshape(-1)[faces]
     faces = faces[(faces[:, 0] != faces[:, 1]) & (faces[:, 1] != faces[:, 2]) & (faces[:, 0] != faces[:, 2])]
     return lo + vertices * spacing, faces
+
+
+def largest_component(vertices, faces):
+    """The connected piece with the most faces (pieces joined by shared edges), vertices reindexed."""
+    import trimesh
+
+    mesh = trimesh.Trimesh(vertices, faces, process=False)
+    labels = trimesh.graph.connected_component_labels(mesh.face_adjacency, node_count=len(faces))
+    keep = faces[labels == np.bincount(labels).argmax()]
+    used, inverse = np.unique(keep, return_inverse=True)
+    return vertices[used], inverse.reshape(-1, 3)

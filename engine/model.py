@@ -119,7 +119,8 @@ class SDFModel(nn.Module):
 
     def param_groups(self, train_cfg):
         return [
-            {"params": [self.sdf.grid.table], "lr": train_cfg.lr, "name": "grid"},
+            {"params": [self.sdf.grid.table], "lr": train_cfg.lr, "name": "grid",
+             "weight_decay": train_cfg.grid_weight_decay},
             {"params": list(self.sdf.layers.parameters()) + list(self.color.parameters()),
              "lr": train_cfg.lr, "name": "mlp"},
             {"params": list(self.sharpness.parameters()), "lr": train_cfg.lr_variance, "name": "variance"},

@@ -12,7 +12,8 @@ import torch
 from . import protocol
 from .config import Config, InputError
 from .data import Normalization, RayDataset, carve
-from .mesh import extract_mesh
+from .rig import RigError
+from .mesh import extract_mesh, largest_component
 from .model import SDFModel
 from .plyio import write_ply
 from .render import OccupancyGrid, render_rays
@@ -79,17 +80,9 @@ class Trainer:
             normalization = Normalization.from_matrix(self.rig.normalization)
         else:
             normalization = None
-        if any(v.split == "train" for v in self.rig.views):
-            held_out = sum(v.split != "train" for v in self.rig.views)
-            self.rig.views = [v for v in self.rig.views if v.split == "train"]
-            if held_out:
-                self.out.log(f"training on the {len(self.rig.views)} 'train' views; {held_out} held out")
-        frames = sorted({v.frame for v in self.rig.views})
-        if len(frames) > 1:
-            self.rig.views = [v for v in self.rig.views if v.frame == frames[0]]
-            self.out.warn(f"the rig has {len(frames)} frames; this static job trains frame {frames[0]} "
-                          f"({len(self.rig.views)} views)")
-        self.data = RayDataset(self.rig, background=self.cfg.render.background, normalization=normalization)
+        self.rig.views, self.held_out = self.select_views(self.rig.views)
+        self.data = RayDataset(self.rig, background=self.cfg.render.background, normalization=normalization,
+                               downscale=self.cfg.data.downscale)
         for message in self.rig.warnings + self.data.warnings:
             self.out.warn(message)
         self.data.normalization.save(norm_path)
@@ -100,9 +93,34 @@ class Trainer:
         self.model = SDFModel(self.cfg).to(self.device)
         self.grid = OccupancyGrid(self.cfg.render.occupancy_resolution,
                                   region_grid(self.data, self.cfg.render.occupancy_resolution), self.device)
-        self.optimizer = torch.optim.Adam(self.model.param_groups(self.cfg.train), betas=(0.9, 0.99), eps=1e-15)
+        # AdamW: weight decay (the grid's, when the preset asks for it) stays out of Adam's moments.
+        self.optimizer = torch.optim.AdamW(self.model.param_groups(self.cfg.train), betas=(0.9, 0.99), eps=1e-15,
+                                           weight_decay=0.0)
         self.base_lrs = [g["lr"] for g in self.optimizer.param_groups]
         self.step = 0
+
+    def select_views(self, views):
+        """(training views, held-out views): NeRF splits train on 'train' and hold out 'test' (or the
+        other splits); --holdout-every N holds out every Nth view; a multi-frame rig trains frame one."""
+        held_out = []
+        if any(v.split == "train" for v in views):
+            others = [v for v in views if v.split != "train"]
+            held_out = [v for v in others if v.split == "test"] or others
+            views = [v for v in views if v.split == "train"]
+            self.out.log(f"training on the {len(views)} 'train' views; {len(others)} held out")
+        frames = sorted({v.frame for v in views})
+        if len(frames) > 1:
+            views = [v for v in views if v.frame == frames[0]]
+            self.out.warn(f"the rig has {len(frames)} frames; this static job trains frame {frames[0]} "
+                          f"({len(views)} views)")
+        every = self.cfg.data.holdout_every
+        if every:
+            held_out += [v for i, v in enumerate(views) if i % every == 0]
+            views = [v for i, v in enumerate(views) if i % every != 0]
+            self.out.log(f"holding out every {every}th view for evaluation")
+        if not views:
+            raise RigError(f"{self.rig.path}: no views left to train on after holding out views")
+        return views, held_out
 
     # -- checkpoints ----------------------------------------------------------------------------
     def checkpoint_path(self, step):
@@ -233,6 +251,8 @@ class Trainer:
 
         vertices, faces = extract_mesh(self.sdf_fn, resolution, self.region_bounds(),
                                        block=self.cfg.mesh.block, inside_fn=inside)
+        if self.cfg.mesh.largest_component and len(faces):
+            vertices, faces = largest_component(vertices, faces)
         colors = self.vertex_colors(vertices) if len(vertices) else None
         return self.data.normalization.to_world(vertices), faces, colors
 

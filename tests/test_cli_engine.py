@@ -1,5 +1,6 @@
 """`python -m engine` as the add-on runs it: events on stdout, bad input, cancel and resume."""
 import json
+import math
 import os
 import signal
 import subprocess
@@ -212,3 +213,23 @@ def test_region_from_the_command_line_is_used_and_reported(tmp_path, tiny_rig):
     assert (abs(vertices - [0.1, -0.2, 0.3]) <= 0.75 + 1e-4).all()
     assert_one_error(*run_engine(["train", "--data", tiny_rig, "--out", str(tmp_path / "j2"),
                                   "--region", "0", "0", "0", "-1"]), "--region")
+
+
+def test_holdout_downscale_and_evaluate(tmp_path):
+    cams = ring_cameras(count=8, width=32, height=24, focal=40.0)
+    rig = make_rig(tmp_path, cams, name="ring")
+    job = str(tmp_path / "job")
+    code, events, err = run_engine(["train", "--data", rig, "--out", job, "--iterations", "2", "--resolution",
+                                    "16", "--downscale", "2", "--holdout-every", "4"])
+    assert code == 0, err
+    started = events[0]
+    assert started["config"]["data"] == {"downscale": 2, "holdout_every": 4}
+    assert "6 views, 1152 pixels" in err  # 8 views minus 2 held out, at 16x12
+    code, events, err = run_engine(["evaluate", job])
+    assert code == 0, err
+    outputs = events[-1]["outputs"]
+    with open(outputs["eval"]) as f:
+        report = json.load(f)
+    assert [os.path.basename(v["image"]) for v in report["views"]] == ["cam_00.png", "cam_04.png"]
+    assert report["downscale"] == 2 and report["mask_iou"] is None
+    assert all(math.isfinite(v["psnr"]) for v in report["views"]) and os.path.isfile(report["views"][0]["render"])

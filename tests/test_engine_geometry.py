@@ -128,3 +128,27 @@ def test_ply_round_trip_and_chamfer(tmp_path):
     shifted = v + np.array([0.05, 0.0, 0.0])
     expected = 0.05 / np.linalg.norm(v.max(0) - v.min(0))
     assert 0.3 * expected < chamfer(shifted, f, v, f, samples=4000) < 1.01 * expected
+
+
+def test_largest_component_drops_the_small_piece():
+    from engine.mesh import largest_component
+    big = extract_mesh(lambda p: sphere_sdf(p, (0.0, 0.0, 0.0), 0.5), 32)
+    small = extract_mesh(lambda p: sphere_sdf(p, (0.0, 0.0, 0.0), 0.2), 16)
+    vertices = np.concatenate([big[0], small[0] + 2.0])
+    faces = np.concatenate([big[1], small[1] + len(big[0])])
+    v, f = largest_component(vertices, faces)
+    assert len(v) == len(big[0]) and len(f) == len(big[1]) and v.max() < 1.0
+
+
+def test_downscaled_view_keeps_projections():
+    from engine.data import downscaled_view, project
+    from engine.rig import View
+    K = np.array([[300.0, 0, 157.3], [0, 310.0, 101.9], [0, 0, 1]])
+    c2w = np.eye(4)
+    view = View(image_path="x.png", width=320, height=200, K=K, c2w=c2w)
+    small = downscaled_view(view, 4)
+    assert (small.width, small.height) == (80, 50)
+    points = np.random.default_rng(0).uniform(-1, 1, (20, 3)) + [0, 0, 4]
+    full_px, _ = project(view, points)
+    small_px, _ = project(small, points)
+    assert np.allclose(small_px, full_px / 4, atol=1e-9)  # pixel edges scale, centres stay at +0.5
