@@ -31,6 +31,8 @@ class RenderConfig:
     init_inv_s: float = 20.0       # NeuS: initial inverse standard deviation of the logistic density
     cos_anneal_iters: int = 200
     background: float = 0.0        # grey level masked images are composited on
+    background_model: str = "auto" # auto: a background NeRF outside the sphere when images have no masks; none
+    background_samples: int = 32
 
 
 @dataclass

@@ -17,7 +17,8 @@ from .render import render_rays
 
 @torch.no_grad()
 def render_view(trainer, view, chunk=4096):
-    """RGB (H, W, 3) and opacity (H, W) of `view` (already at the size to render) from the model."""
+    """RGB (H, W, 3) composited over the background, and the surface's opacity (H, W), of `view`
+    (already at the size to render) from the model."""
     model, n = trainer.model, trainer.data.normalization
     model.sdf.grid.set_active_levels(trainer.cfg.encoding.levels)
     rows, cols = np.mgrid[0:view.height, 0:view.width]
@@ -29,7 +30,7 @@ def render_view(trainer, view, chunk=4096):
         d = d.to(trainer.device)
         out = render_rays(model, trainer.grid, origin.to(trainer.device).expand(len(d), 3), d,
                           trainer.cfg.render.samples_per_ray, cos_anneal=1.0, eps=model.sdf.finest_cell(),
-                          jitter=False)
+                          jitter=False, background=trainer.cfg.render.background)
         rgb.append(out["rgb"].cpu())
         opacity.append(out["opacity"].cpu())
     shape = (view.height, view.width)
@@ -52,8 +53,7 @@ def evaluate_views(trainer, views, downscale, out_dir):
         mask = None if alpha is None else (alpha > 0.5).astype(np.float32)
         if mask is not None:
             gt = gt * mask[..., None] + background * (1 - mask[..., None])
-        rgb, opacity = render_view(trainer, view)
-        pred = rgb + (1 - opacity[..., None]) * background
+        pred, opacity = render_view(trainer, view)
         mse = float(((pred - gt) ** 2).mean())
         iou = None
         if mask is not None:

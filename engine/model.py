@@ -7,6 +7,7 @@ import math
 import torch
 from torch import nn
 
+from .background import BackgroundNeRF
 from .encoding import HashGrid
 
 # Numerical gradient taps: central differences along each axis (Neuralangelo).
@@ -111,17 +112,19 @@ class Sharpness(nn.Module):
 
 
 class SDFModel(nn.Module):
-    def __init__(self, cfg):
+    def __init__(self, cfg, background=False):
         super().__init__()
         self.sdf = SDFNetwork(cfg.encoding, cfg.network)
         self.color = ColorNetwork(cfg.network)
         self.sharpness = Sharpness(cfg.render.init_inv_s)
+        self.background = BackgroundNeRF(samples=cfg.render.background_samples) if background else None
 
     def param_groups(self, train_cfg):
         return [
             {"params": [self.sdf.grid.table], "lr": train_cfg.lr, "name": "grid",
              "weight_decay": train_cfg.grid_weight_decay},
-            {"params": list(self.sdf.layers.parameters()) + list(self.color.parameters()),
+            {"params": list(self.sdf.layers.parameters()) + list(self.color.parameters())
+             + (list(self.background.parameters()) if self.background is not None else []),
              "lr": train_cfg.lr, "name": "mlp"},
             {"params": list(self.sharpness.parameters()), "lr": train_cfg.lr_variance, "name": "variance"},
         ]

@@ -76,11 +76,12 @@ def neus_alpha(sdf, cos, step, inv_s, cos_anneal):
 
 
 def render_rays(model, grid, origins, dirs, samples, cos_anneal, eps, gradient="numerical",
-                curvature=False, jitter=True, generator=None):
+                curvature=False, jitter=True, generator=None, background=0.0):
     """Colour, opacity and per-sample terms of a batch of rays.
 
-    Returns a dict: rgb (R, 3), opacity (R,), grad (M, 3) and laplacian (M,) or None at the
-    M evaluated samples, and `evaluated` (M).
+    Returns a dict: rgb (R, 3) composited over the background (the model's background NeRF when it
+    has one, else the constant grey `background`), opacity (R,) of the surface alone, grad (M, 3) and
+    laplacian (M,) or None at the M evaluated samples, and `evaluated` (M).
     """
     rays, device = origins.shape[0], origins.device
     near, far, hit = sphere_chord(origins, dirs)
@@ -106,4 +107,11 @@ def render_rays(model, grid, origins, dirs, samples, cos_anneal, eps, gradient="
     weights = (alpha_full * transmittance).reshape(-1)[flat]
     color = torch.zeros(rays, 3, device=device).index_add(0, ray_of, weights[:, None] * rgb)
     opacity = torch.zeros(rays, device=device).index_add(0, ray_of, weights)
+    if getattr(model, "background", None) is not None:
+        # Beyond the sphere (or, for rays that miss it, beyond their closest approach to the centre).
+        t_start = torch.where(hit, far, (-(origins * dirs).sum(-1)).clamp_min(0.0))
+        behind = model.background(origins, dirs, t_start, jitter, generator)
+    else:
+        behind = torch.full_like(color, float(background))
+    color = color + (1.0 - opacity[:, None]) * behind
     return {"rgb": color, "opacity": opacity, "grad": grad, "laplacian": lap, "evaluated": flat.numel()}

@@ -90,7 +90,8 @@ class Trainer:
         self.out.log(f"{len(self.rig.views)} views, {self.data.pixel_count} pixels, masks: "
                      f"{'yes' if self.data.has_masks else 'no'}; region: centre {np.round(n.center, 4).tolist()}, "
                      f"radius {n.radius:.4g}")
-        self.model = SDFModel(self.cfg).to(self.device)
+        use_background = self.cfg.render.background_model == "auto" and not self.data.has_masks
+        self.model = SDFModel(self.cfg, background=use_background).to(self.device)
         self.grid = OccupancyGrid(self.cfg.render.occupancy_resolution,
                                   region_grid(self.data, self.cfg.render.occupancy_resolution), self.device)
         # AdamW: weight decay (the grid's, when the preset asks for it) stays out of Adam's moments.
@@ -170,8 +171,9 @@ class Trainer:
                                        for t in self.data.sample(tc.rays_per_batch, self.generator))
         out = render_rays(self.model, self.grid, origins, dirs, cfg.render.samples_per_ray,
                           cos_anneal=min(1.0, self.step / max(1, cfg.render.cos_anneal_iters)), eps=eps,
-                          gradient=tc.gradient, curvature=tc.curvature_weight > 0, generator=self.generator)
-        rgb = out["rgb"] + (1.0 - out["opacity"][:, None]) * cfg.render.background
+                          gradient=tc.gradient, curvature=tc.curvature_weight > 0, generator=self.generator,
+                          background=cfg.render.background)
+        rgb = out["rgb"]
         diff = rgb - rgb_gt
         color_loss = (torch.nn.functional.huber_loss(rgb, rgb_gt, delta=0.1) if tc.color_loss == "huber"
                       else diff.abs().mean())

@@ -152,3 +152,32 @@ def test_downscaled_view_keeps_projections():
     full_px, _ = project(view, points)
     small_px, _ = project(small, points)
     assert np.allclose(small_px, full_px / 4, atol=1e-9)  # pixel edges scale, centres stay at +0.5
+
+
+def test_background_samples_lie_outside_the_sphere_and_recede():
+    from engine.background import inverted_sphere_samples
+    origins = torch.tensor([[0.0, 0.0, -3.0], [0.0, 2.0, -3.0]])
+    dirs = torch.tensor([[0.0, 0.0, 1.0], [0.0, 0.0, 1.0]])
+    near, far, hit = sphere_chord(origins, dirs)
+    t_start = torch.where(hit, far, (-(origins * dirs).sum(-1)).clamp_min(0.0))
+    t = inverted_sphere_samples(origins, dirs, t_start, 16, jitter=True, generator=torch.Generator().manual_seed(0))
+    x = origins[:, None] + t[..., None] * dirs[:, None]
+    r = x.norm(dim=-1)
+    assert (t >= t_start[:, None] - 1e-5).all() and (r >= 1.0 - 1e-4).all()
+    assert (r[:, 1:] > r[:, :-1]).all() and r[:, -1].min() > 10  # out towards infinity (1/r spaced)
+    assert torch.allclose(t[0, 0], torch.tensor(4.0), atol=0.3)     # starts where the ray leaves the sphere
+
+
+def test_background_model_fills_what_the_surface_leaves_uncovered():
+    cfg = preset("cpu")
+    torch.manual_seed(0)
+    model = SDFModel(cfg, background=True)
+    grid = OccupancyGrid(16)
+    origins = torch.tensor([[0.0, 0.0, -3.0], [0.9, 0.9, -3.0]])  # through the sphere of radius 0.5; past it
+    dirs = torch.tensor([[0.0, 0.0, 1.0], [0.0, 0.0, 1.0]])
+    model.sharpness.variance.data.fill_(math.log(300.0) / 10)
+    with torch.no_grad():
+        out = render_rays(model, grid, origins, dirs, 128, cos_anneal=1.0, eps=model.sdf.finest_cell(), jitter=False)
+        behind = model.background(origins, dirs, torch.tensor([0.0, 3.0]), jitter=False)
+    assert out["opacity"][0] > 0.95 and out["opacity"][1] < 1e-3
+    assert torch.allclose(out["rgb"][1], behind[1], atol=1e-3)  # the miss shows the background NeRF
