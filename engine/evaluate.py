@@ -16,7 +16,7 @@ from .render import render_rays
 
 
 @torch.no_grad()
-def render_view(trainer, view, chunk=4096):
+def render_view(trainer, view, chunk=1024):
     """RGB (H, W, 3) composited over the background, and the surface's opacity (H, W), of `view`
     (already at the size to render) from the model."""
     model, n = trainer.model, trainer.data.normalization

@@ -75,6 +75,24 @@ def neus_alpha(sdf, cos, step, inv_s, cos_anneal):
     return ((prev_cdf - next_cdf + 1e-5) / (prev_cdf + 1e-5)).clamp(0.0, 1.0)
 
 
+def _inference_samples(model, x, d, step, inv_s, cos_anneal, eps):
+    """Rendering without gradients: the SDF everywhere, but normals (6 more taps) and colour only
+    where the logistic density is not saturated. Elsewhere NeuS's opacity is 0 outside the surface
+    and 1 inside it whatever the normal, and the colour there carries no weight."""
+    sdf = model.sdf(x)[0]
+    near = (sdf.abs() < 12.0 / inv_s + step).nonzero().squeeze(1)
+    alpha = (sdf < 0).to(sdf.dtype)
+    grad = torch.zeros_like(x)
+    rgb = torch.zeros_like(x)
+    if near.numel():
+        s, g, feat, _ = model.sdf.with_gradient(x[near], eps)
+        normals = g / g.norm(dim=-1, keepdim=True).clamp_min(1e-6)
+        rgb[near] = model.color(feat, normals, d[near])
+        alpha[near] = neus_alpha(s, (d[near] * g).sum(-1), step[near], inv_s, cos_anneal)
+        grad[near] = g
+    return sdf, grad, rgb, alpha, None
+
+
 def render_rays(model, grid, origins, dirs, samples, cos_anneal, eps, gradient="numerical",
                 curvature=False, jitter=True, generator=None, background=0.0):
     """Colour, opacity and per-sample terms of a batch of rays.
@@ -96,10 +114,14 @@ def render_rays(model, grid, origins, dirs, samples, cos_anneal, eps, gradient="
     ray_of = flat // samples
     x = points.reshape(-1, 3)[flat]
     d = dirs[ray_of]
-    sdf, grad, feat, lap = model.sdf.with_gradient(x, eps, gradient, curvature)
-    normals = grad / grad.norm(dim=-1, keepdim=True).clamp_min(1e-6)
-    rgb = model.color(feat, normals, d)
-    alpha = neus_alpha(sdf, (d * grad).sum(-1), step[ray_of], model.sharpness(), cos_anneal)
+    inv_s = model.sharpness()
+    if torch.is_grad_enabled():
+        sdf, grad, feat, lap = model.sdf.with_gradient(x, eps, gradient, curvature)
+        normals = grad / grad.norm(dim=-1, keepdim=True).clamp_min(1e-6)
+        rgb = model.color(feat, normals, d)
+        alpha = neus_alpha(sdf, (d * grad).sum(-1), step[ray_of], inv_s, cos_anneal)
+    else:
+        sdf, grad, rgb, alpha, lap = _inference_samples(model, x, d, step[ray_of], inv_s, cos_anneal, eps)
     alpha_full = torch.zeros(rays * samples, dtype=alpha.dtype, device=device).index_put((flat,), alpha)
     alpha_full = alpha_full.view(rays, samples)
     transmittance = torch.cumprod(torch.cat([torch.ones(rays, 1, device=device), 1.0 - alpha_full + 1e-7], 1),
