@@ -6,6 +6,7 @@
     python3 build.py demo [DEMO ARGS]    set up if needed, then reconstruct the embedded default scene
     python3 build.py extension [--dist DIR]  build dist/marble-<version>.zip with Blender's build command
     python3 build.py bench [NAMES] [--iterations N]  run benchmarks, print a table, update docs/benchmarks.md
+        bench quality [--scenes armadillo,spot,bunny,dtu] [--preset cpu] [--views 64] [--size 200]
 
 Importable from tests (`sys.path.insert(0, REPO); import build`): build_extension(dist_dir),
 venv_python(), ensure_setup(), isolated_env(folder).
@@ -499,6 +500,277 @@ def bench_rigs(options):
     }
 
 
+# ---------------------------------------------------------------------------------------------------
+# quality: reconstruct synthetic renders of the shared meshes and DTU scan 24, measure against truth
+
+SHARED_DATA_ENV = "MARBLE_SHARED_DATA"
+QUALITY_SCENES = ("armadillo", "spot", "bunny", "dtu")
+QUALITY_OUT = os.path.join(REPO, "demo", "out", "quality")
+QUALITY_IMAGES = os.path.join(REPO, "docs", "images")
+DTU_FOLDER = "dtu_scan24"
+DTU_DOWNSCALE = 4
+DTU_HOLDOUT_EVERY = 8
+
+
+def shared_data_candidates():
+    """Where the shared reference data may be: $MARBLE_SHARED_DATA alone when set, else ../shared/data
+    beside the repository, else /work/shared/data (as tests/test_rig_real.py looks)."""
+    if os.environ.get(SHARED_DATA_ENV):
+        return [os.path.abspath(os.environ[SHARED_DATA_ENV])]
+    return [os.path.join(os.path.dirname(REPO), "shared", "data"), "/work/shared/data"]
+
+
+def shared_data_dir():
+    """The shared reference data folder (meshes/, dtu_scan24/, ...), or None when it is absent."""
+    return next((path for path in shared_data_candidates() if os.path.isdir(path)), None)
+
+
+def png_size(path):
+    """(width, height) from a PNG file's header (standard library only)."""
+    with open(path, "rb") as f:
+        head = f.read(24)
+    if len(head) < 24 or head[:8] != b"\x89PNG\r\n\x1a\n":
+        raise BuildError(f"{path}: not a PNG file")
+    return int.from_bytes(head[16:20], "big"), int.from_bytes(head[20:24], "big")
+
+
+def _fmt(value, digits, scale=1.0):
+    return "" if value is None else f"{float(value) * scale:.{digits}f}"
+
+
+def quality_row(scene, machine, started, wall_s, peak_mb, views, size, metrics=None, evaluation=None,
+                png=None, date=None):
+    """One row of the quality table (all cells strings; blank where a metric does not apply).
+
+    started: the engine's `started` event (device, backend, config); metrics: demo.meshes'
+    {"chamfer": fraction of the diagonal, "f_05", "f_1"} (synthetic scenes); evaluation: the engine's
+    eval.json {"psnr", "mask_iou"} (held-out views); png: the mesh picture's path relative to docs/.
+    """
+    config = started.get("config") or {}
+    device = started.get("device") or "?"
+    if device.startswith("cuda") and machine.get("gpu"):
+        device = f"{device}: {machine['gpu']}"
+    metrics, evaluation = metrics or {}, evaluation or {}
+    return {
+        "date": date or datetime.date.today().isoformat(), "scene": scene,
+        "cpu": machine["cpu"], "cores": str(machine["cores"]), "device": device,
+        "backend": started.get("backend") or "?", "preset": config.get("preset", "?"),
+        "iterations": str((config.get("train") or {}).get("iterations", "?")),
+        "views": str(views), "size px": size if isinstance(size, str) else f"{size[0]}x{size[1]}",
+        "wall s": _fmt(wall_s, 1), "peak MB": _fmt(peak_mb, 0),
+        "chamfer %": _fmt(metrics.get("chamfer"), 3, 100.0),
+        "F@0.5%": _fmt(metrics.get("f_05"), 3), "F@1%": _fmt(metrics.get("f_1"), 3),
+        "held-out PSNR": _fmt(evaluation.get("psnr"), 2), "mask IoU": _fmt(evaluation.get("mask_iou"), 3),
+        "mesh": f"[png]({png})" if png else "",
+    }
+
+
+def run_engine(python, arguments, log_path, tag, env=None):
+    """Run `python -m engine ARGUMENTS` (stdin from /dev/null: a pipe that closes would cancel it),
+    print its progress now and then; return dict(code, wall_s, peak_mb, events).
+
+    peak_mb is the engine process's peak resident memory (ru_maxrss of os.wait4 on that child, which
+    counts its own reaped children too), in MiB."""
+    command = [python, "-m", "engine", *arguments]
+    events = []
+    started = time.perf_counter()
+    last_print = started
+    with open(log_path, "w", encoding="utf-8") as stderr:
+        process = subprocess.Popen(command, cwd=REPO, env=env, stdin=subprocess.DEVNULL,
+                                   stdout=subprocess.PIPE, stderr=stderr, text=True, bufsize=1)
+        try:
+            for line in process.stdout:
+                line = line.strip()
+                if not line.startswith("{"):
+                    continue
+                try:
+                    event = json.loads(line)
+                except ValueError:
+                    continue
+                if not isinstance(event, dict):
+                    continue
+                events.append(event)
+                kind, now = event.get("event"), time.perf_counter()
+                if kind == "progress" and now - last_print >= 15.0:
+                    last_print = now
+                    psnr = event.get("psnr")
+                    log("bench", f"{tag}: {event.get('iteration')}/{event.get('total')}"
+                        + (f"  psnr {psnr:.1f}" if isinstance(psnr, (int, float)) else "")
+                        + f"  {now - started:.0f} s")
+                elif kind in ("stage", "warning", "error"):
+                    log("bench", f"{tag}: {kind} {event.get('name') or event.get('message')}")
+        except BaseException:
+            process.terminate()
+            raise
+        finally:
+            process.stdout.close()
+            if os.name == "posix":
+                _, status, usage = os.wait4(process.pid, 0)
+                process.returncode = os.waitstatus_to_exitcode(status)
+                peak_mb = usage.ru_maxrss / 1024.0  # KiB on Linux
+            else:
+                process.wait()
+                peak_mb = None
+    return {"code": process.returncode, "wall_s": time.perf_counter() - started, "peak_mb": peak_mb,
+            "events": events}
+
+
+def _venv_json(python, arguments, env, what):
+    """Run `python ARGUMENTS` (a .venv helper printing one JSON line last) and return that JSON."""
+    result = subprocess.run([python, *arguments], cwd=REPO, env=env, stdin=subprocess.DEVNULL,
+                            capture_output=True, text=True)
+    lines = [line for line in result.stdout.splitlines() if line.startswith("{")]
+    if result.returncode != 0 or not lines:
+        raise BuildError(f"{what} failed (exit {result.returncode}):\n"
+                         f"{(result.stdout + result.stderr)[-3000:]}".rstrip())
+    return json.loads(lines[-1])
+
+
+def _event(events, kind):
+    return next((e for e in reversed(events) if e.get("event") == kind), {})
+
+
+def _train(python, scene, data, job, options, env, extra=()):
+    if os.path.isdir(job):
+        shutil.rmtree(job)
+    os.makedirs(job)
+    arguments = ["train", "--data", data, "--out", job, "--preset", options.preset, *extra]
+    if options.iterations:
+        arguments += ["--iterations", str(options.iterations)]
+    log("bench", f"{scene}: python -m engine {shlex.join(arguments)}")
+    run = run_engine(python, arguments, os.path.join(job, "engine.log"), scene, env)
+    started = _event(run["events"], "started")
+    if run["code"] != 0 or not _event(run["events"], "done"):
+        message = _event(run["events"], "error").get("message") or "no error event"
+        raise BuildError(f"{scene}: training failed (exit {run['code']}): {message}; "
+                         f"see {os.path.join(job, 'engine.log')}")
+    peak = "" if run["peak_mb"] is None else f", peak {run['peak_mb']:.0f} MB"
+    log("bench", f"{scene}: trained in {run['wall_s']:.1f} s on {started.get('device')} "
+        f"({started.get('backend')}){peak}")
+    return run, started
+
+
+def _dataset_matches(folder, views, size, samples, source):
+    try:
+        with open(os.path.join(folder, "scene.json"), encoding="utf-8") as f:
+            info = json.load(f)
+    except (OSError, ValueError):
+        return False
+    return (info.get("views") == views and info.get("size") == [size, size]
+            and info.get("samples") == samples and info.get("source") == source
+            and os.path.isfile(os.path.join(folder, "transforms.json"))
+            and os.path.isfile(os.path.join(folder, "truth.ply")))
+
+
+def _quality_synthetic(python, scene, data_dir, options, env, machine, image_dir):
+    from_file = {"armadillo": "armadillo.obj", "spot": "spot.obj", "bunny": "stanford-bunny.obj"}[scene]
+    source = os.path.join(data_dir, "meshes", from_file)
+    if not os.path.isfile(source):
+        raise BuildError(f"{scene}: {source} is missing")
+    folder = os.path.join(QUALITY_OUT, scene)
+    dataset = os.path.join(folder, "data")
+    if _dataset_matches(dataset, options.views, options.size, options.samples, source):
+        log("bench", f"{scene}: reusing the rendered dataset {os.path.relpath(dataset, REPO)}")
+    else:
+        log("bench", f"{scene}: rendering {options.views} views at {options.size}x{options.size} px "
+            f"(Cycles, {options.samples} samples) into {os.path.relpath(dataset, REPO)}")
+        rendered = _venv_json(python, ["-m", "demo.meshes", "render", scene, dataset, "--views",
+                                       str(options.views), "--size", str(options.size), "--samples",
+                                       str(options.samples)], env, f"{scene}: rendering")
+        log("bench", f"{scene}: rendered in {rendered['seconds']:.1f} s")
+    job = os.path.join(folder, "job")
+    run, started = _train(python, scene, dataset, job, options, env)
+    mesh = os.path.join(job, "meshes", "mesh.ply")
+    metrics = _venv_json(python, ["-m", "demo.meshes", "metrics", mesh, os.path.join(dataset, "truth.ply")],
+                         env, f"{scene}: metrics")
+    log("bench", f"{scene}: chamfer {100 * (metrics['chamfer'] or float('nan')):.3f}% of the diagonal, "
+        f"F@0.5% {metrics['f_05']:.3f}, F@1% {metrics['f_1']:.3f}")
+    png = _quality_png(python, scene, mesh, image_dir, env)
+    return quality_row(scene, machine, started, run["wall_s"], run["peak_mb"], started.get("views", options.views),
+                       (options.size, options.size), metrics=metrics, png=png)
+
+
+def _quality_dtu(python, data_dir, options, env, machine, image_dir):
+    scene = "dtu"
+    dataset = os.path.join(data_dir, DTU_FOLDER)
+    if not os.path.isfile(os.path.join(dataset, "cameras_sphere.npz")):
+        raise BuildError(f"dtu: {dataset}/cameras_sphere.npz is missing")
+    job = os.path.join(QUALITY_OUT, scene, "job")
+    run, started = _train(python, scene, dataset, job, options, env,
+                          extra=["--downscale", str(DTU_DOWNSCALE), "--holdout-every", str(DTU_HOLDOUT_EVERY)])
+    log("bench", "dtu: python -m engine evaluate (renders the held-out views)")
+    evaluated = run_engine(python, ["evaluate", job], os.path.join(job, "evaluate.log"), "dtu evaluate", env)
+    done = _event(evaluated["events"], "done")
+    eval_path = (done.get("outputs") or {}).get("eval")
+    if evaluated["code"] != 0 or not eval_path:
+        message = _event(evaluated["events"], "error").get("message") or "no error event"
+        raise BuildError(f"dtu: evaluate failed (exit {evaluated['code']}): {message}; "
+                         f"see {os.path.join(job, 'evaluate.log')}")
+    with open(eval_path, encoding="utf-8") as f:
+        evaluation = json.load(f)
+    held = len(evaluation.get("views") or [])
+    log("bench", f"dtu: {held} held-out views evaluated in {evaluated['wall_s']:.0f} s: PSNR "
+        f"{_fmt(evaluation.get('psnr'), 2)}, mask IoU {_fmt(evaluation.get('mask_iou'), 3) or '-'}")
+    images = sorted(glob.glob(os.path.join(dataset, "image", "*.png")))
+    width, height = png_size(images[0]) if images else (0, 0)
+    size = (width // DTU_DOWNSCALE, height // DTU_DOWNSCALE)
+    total = started.get("views") or len(images)
+    views = f"{total - held} (+{held})" if held else str(total)
+    png = _quality_png(python, scene, os.path.join(job, "meshes", "mesh.ply"), image_dir, env, rig=dataset)
+    return quality_row(scene, machine, started, run["wall_s"], run["peak_mb"], views, size,
+                       evaluation=evaluation, png=png)
+
+
+def _quality_png(python, scene, mesh, image_dir, env, rig=None):
+    """Render the mesh (vertex colours, 512 px) into IMAGE_DIR/quality_<scene>.png; return its path
+    relative to docs/ (for the table's link), or the absolute path when it is not under docs/."""
+    os.makedirs(image_dir, exist_ok=True)
+    png = os.path.join(image_dir, f"quality_{scene}.png")
+    arguments = ["-m", "demo.meshes", "snapshot", mesh, png, "--size", "512"]
+    if rig:
+        arguments += ["--rig", rig]
+    _venv_json(python, arguments, env, f"{scene}: the mesh picture")
+    log("bench", f"{scene}: wrote {os.path.relpath(png, REPO)} ({os.path.getsize(png) // 1024} KiB)")
+    docs = os.path.dirname(BENCHMARKS_DOC)
+    inside = os.path.commonpath([os.path.abspath(png), docs]) == docs
+    return os.path.relpath(png, docs).replace(os.sep, "/") if inside else png
+
+
+def bench_quality(options):
+    """Synthetic meshes (Chamfer, F-scores against the true surface) and DTU scan 24 (held-out PSNR,
+    mask IoU): one row per scene."""
+    scenes = list(options.scenes or QUALITY_SCENES)
+    unknown = [s for s in scenes if s not in QUALITY_SCENES]
+    if unknown:
+        raise BuildError(f"unknown quality scene(s) {', '.join(unknown)}; known: {', '.join(QUALITY_SCENES)}")
+    data_dir = shared_data_dir()
+    if data_dir is None:
+        log("bench", "quality: skipped: the shared reference data (meshes/, dtu_scan24/) is not here "
+            f"(looked in {', '.join(shared_data_candidates())}; set ${SHARED_DATA_ENV} to its folder)")
+        return []
+    python = ensure_setup(quiet=True)
+    machine = machine_info()
+    image_dir = os.path.join(QUALITY_OUT, "images") if options.no_write else QUALITY_IMAGES
+    folder = tempfile.mkdtemp(prefix="marble-bench-quality-")
+    rows, failed = [], []
+    try:
+        env = isolated_env(folder)
+        for scene in scenes:
+            log("bench", f"quality: {scene}")
+            try:
+                if scene == "dtu":
+                    rows.append(_quality_dtu(python, data_dir, options, env, machine, image_dir))
+                else:
+                    rows.append(_quality_synthetic(python, scene, data_dir, options, env, machine, image_dir))
+            except BuildError as exc:
+                print(f"[bench] error: {exc}", file=sys.stderr, flush=True)
+                failed.append(scene)
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+    options.failed = failed
+    return rows
+
+
 BENCHMARKS = {
     "demo": {
         "run": bench_demo,
@@ -524,6 +796,37 @@ BENCHMARKS = {
         "columns": ["date", "cpu", "cores", "blender", "cameras", "transforms s", "transforms + images s",
                     "colmap s", "colmap + images s", "read transforms s", "read colmap s"],
         "key": ["cpu", "cores", "blender", "cameras"],
+    },
+    "quality": {
+        "run": bench_quality,
+        "title": "quality: reconstruction accuracy on synthetic meshes and DTU scan 24",
+        "about": ("`python3 build.py bench quality [--scenes armadillo,spot,bunny,dtu] [--iterations N] "
+                  "[--preset cpu]`, with the shared reference data in `../shared/data` (skipped without it). "
+                  "**Synthetic scenes** (armadillo: 50K vertices, watertight; spot: 2.9K, watertight; bunny: "
+                  "36K, open base): `python -m demo.meshes render` imports the OBJ into a fresh Blender scene, "
+                  "scales and centres it (bounding-box diagonal 1.7 at the origin), gives it the demo's "
+                  "procedural checker (by object-space position) and soft even light, and renders it with "
+                  "Cycles (RGBA, the alpha is the mask) from 64 cameras on a Fibonacci sphere at 200x200 px. "
+                  "`chamfer %` is the symmetric Chamfer distance between the reconstruction and the true "
+                  "surface (the mean of both directions' mean point-to-surface distances, 20,000 points "
+                  "sampled on each) in % of the true bounding-box diagonal; `F@0.5%` and `F@1%` are F-scores "
+                  "(harmonic mean of precision and recall of those points) at distance thresholds of 0.5% "
+                  "and 1% of that diagonal (engine.metrics). The bunny's open base is closed by any SDF, "
+                  "which costs it some precision. **DTU scan 24** (49 photographs, 1600x1200): trained with "
+                  "`--downscale 4 --holdout-every 8` (`views` shows the training views and, in brackets, the "
+                  "7 held out), then `python -m engine evaluate` renders the held-out views: `held-out PSNR` "
+                  "is their mean PSNR against the photographs, `mask IoU` the mean intersection over union of "
+                  "rendered opacity and the DTU masks. `wall s` is the `python -m engine train` process from "
+                  "start to exit (loading, training, mesh extraction); `peak MB` its peak resident memory "
+                  "(ru_maxrss from os.wait4 on that process). `mesh` links a Cycles picture of the "
+                  "reconstruction with its vertex colours (docs/images/quality_<scene>.png). **Targets** "
+                  "(issue 4): on a 2-core CPU with the `cpu` preset at 200 px, each synthetic scene within 5 "
+                  "minutes, Chamfer under 0.8% of the diagonal on armadillo and spot, F@1% over 0.8; DTU scan "
+                  "24 gives a recognisable mesh with vertex colours."),
+        "columns": ["date", "scene", "cpu", "cores", "device", "backend", "preset", "iterations", "views",
+                    "size px", "wall s", "peak MB", "chamfer %", "F@0.5%", "F@1%", "held-out PSNR",
+                    "mask IoU", "mesh"],
+        "key": ["scene", "cpu", "cores", "device", "backend", "preset", "iterations", "views", "size px"],
     },
 }
 BENCHMARKS_DOC = os.path.join(REPO, "docs", "benchmarks.md")
@@ -619,18 +922,37 @@ def cmd_bench(argv):
     parser.add_argument("names", nargs="*", help=f"benchmarks to run (default all: {', '.join(BENCHMARKS)})")
     parser.add_argument("--iterations", type=int, default=0, help="training iterations (0: the preset's own)")
     parser.add_argument("--no-write", action="store_true", help="print the table only")
+    quality = parser.add_argument_group("quality")
+    quality.add_argument("--scenes", type=lambda text: [s.strip() for s in text.split(",") if s.strip()],
+                         help=f"comma-separated scenes (default all: {','.join(QUALITY_SCENES)})")
+    quality.add_argument("--preset", default="cpu", help="engine preset (default cpu)")
+    quality.add_argument("--views", type=int, default=64, help="views of a synthetic scene (default 64)")
+    quality.add_argument("--size", type=int, default=200, help="image size of a synthetic scene (default 200)")
+    quality.add_argument("--samples", type=int, default=16, help="Cycles samples per view (default 16)")
     args = parser.parse_args(argv)
     unknown = [n for n in args.names if n not in BENCHMARKS]
     if unknown:
         parser.error(f"unknown benchmark(s) {', '.join(unknown)}; known: {', '.join(BENCHMARKS)}")
+    failed = []
     for name in args.names or list(BENCHMARKS):
         spec = BENCHMARKS[name]
         log("bench", f"running {name}")
-        row = spec["run"](args)
-        rows = [row] if args.no_write else update_benchmarks_doc(name, row)
+        args.failed = []
+        result = spec["run"](args)
+        failed += [f"{name} {scene}" for scene in args.failed]
+        new_rows = result if isinstance(result, list) else [result]
+        if not new_rows:
+            continue
+        rows = new_rows
+        if not args.no_write:
+            for row in new_rows:
+                rows = update_benchmarks_doc(name, row)
         print(f"\n## {spec['title']}\n\n" + markdown_table(spec["columns"], rows) + "\n", flush=True)
         if not args.no_write:
             log("bench", f"updated {os.path.relpath(BENCHMARKS_DOC, REPO)}")
+    if failed:
+        print(f"error: failed: {', '.join(failed)}", file=sys.stderr, flush=True)
+        return 1
     return 0
 
 

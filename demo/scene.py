@@ -3,6 +3,7 @@
 Runs under the bpy module (Blender as a Python module, no window), with build.py's .venv interpreter:
 
     python -m demo.scene OUT_DIR [--views 40] [--size 160 160] [--samples 16]
+    python -m demo.scene OUT_DIR --mesh MESH.obj [--views 64] [--size 200] [--samples 16] [--diagonal 1.7]
 
 writes OUT_DIR/images/NNN.png (RGBA; alpha is the object mask), OUT_DIR/transforms.json (through
 engine.rig.write_transforms, so the engine reads exactly what Blender rendered) and OUT_DIR/truth.ply
@@ -13,9 +14,17 @@ checker whose two colours change hue around the ring, and a Lambertian (diffuse)
 uniform world and a soft sun, so a surface point has the same colour from every camera. The cameras
 lie on a Fibonacci spiral over a sphere of radius 3 (elevations -40 to +80 degrees) and look at the
 origin; the lens makes the torus fill most of the smaller image side.
+
+With --mesh (render_mesh_dataset) the subject is a triangle mesh read from an OBJ file with Blender's
+own importer (Y up in the file, Z up in Blender), scaled and centred so that its bounding box is
+centred at the origin with a diagonal of 1.7 (so it fits the same cameras as the torus), with the same
+kind of texture (by object-space position: meshes need no UVs) and lights. Its cameras cover the whole
+sphere (elevations -90 to +90 degrees) and OUT_DIR/scene.json records the source file and the 4x4
+matrix taking the file's coordinates to the world.
 """
 import argparse
 import contextlib
+import json
 import math
 import os
 import shutil
@@ -41,6 +50,14 @@ LENS_MM = 50.0
 SENSOR_MM = 36.0
 SEED = 0
 SCENE_NAME = "marble_demo_dataset"
+MESH_DIAGONAL = 1.7
+MESH_ELEVATION_RANGE_DEG = (-90.0, 90.0)
+MESH_VIEWS = 64
+MESH_SIZE = 200
+SCENE_FILE = "scene.json"
+# Blender's OBJ importer (forward -Z, up Y): file coordinates (x, y, z) -> Blender (x, -z, y).
+OBJ_TO_BLENDER = np.array([[1.0, 0.0, 0.0, 0.0], [0.0, 0.0, -1.0, 0.0], [0.0, 1.0, 0.0, 0.0],
+                           [0.0, 0.0, 0.0, 1.0]])
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -113,8 +130,8 @@ def camera_intrinsics(camera, width, height):
 # ---------------------------------------------------------------------------------------------------
 # Blender scene
 
-def _material(bpy):
-    material = bpy.data.materials.new("marble_demo_torus")
+def _material(bpy, name="marble_demo_torus"):
+    material = bpy.data.materials.new(name)
     if bpy.app.version < (5, 0, 0):  # always on (and deprecated) from Blender 5.0
         material.use_nodes = True
     nodes, links = material.node_tree.nodes, material.node_tree.links
@@ -200,12 +217,22 @@ def _configure_render(scene, width, height, samples):
     scene.display_settings.display_device = "sRGB"
 
 
-def build_scene(bpy, width, height, samples):
-    """A new scene holding the torus, the lights and one camera; returns (scene, torus, camera, ids)."""
-    scene = bpy.data.scenes.new(SCENE_NAME)
-    _configure_render(scene, width, height, samples)
-    scene.world = _world(bpy)
+def normalising_matrix(vertices, diagonal=MESH_DIAGONAL):
+    """4x4 similarity (uniform scale, translation) putting the bounding box of `vertices` (N, 3) at the
+    origin with the given diagonal."""
+    vertices = np.asarray(vertices, dtype=np.float64)
+    lo, hi = vertices.min(axis=0), vertices.max(axis=0)
+    extent = float(np.linalg.norm(hi - lo))
+    if not extent > 0.0:
+        raise ValueError("the mesh has no extent (all its vertices coincide)")
+    scale = diagonal / extent
+    matrix = np.diag([scale, scale, scale, 1.0])
+    matrix[:3, 3] = -scale * 0.5 * (lo + hi)
+    return matrix
 
+
+def torus_subject(bpy, scene):
+    """The torus object (linked into `scene`); returns (object, [ids it created], info dict)."""
     vertices, quads = torus_mesh()
     mesh = bpy.data.meshes.new("marble_demo_torus")
     mesh.from_pydata(vertices.tolist(), [], quads.tolist())
@@ -214,6 +241,83 @@ def build_scene(bpy, width, height, samples):
     mesh.materials.append(_material(bpy))
     torus = bpy.data.objects.new("torus", mesh)
     scene.collection.objects.link(torus)
+    return torus, [mesh, mesh.materials[0], torus], {}
+
+
+def read_obj(bpy, scene, path):
+    """World-space vertices and triangles of an OBJ file as Blender's importer reads it into `scene`
+    (everything it creates is removed again): (vertices (N, 3), triangles (M, 3), importer's 4x4)."""
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"{path}: no such mesh file")
+    kinds = ("objects", "meshes", "materials", "images", "collections")
+    before = {kind: set(getattr(bpy.data, kind)) for kind in kinds}
+    override = dict(scene=scene, view_layer=scene.view_layers[0], collection=scene.collection)
+    try:
+        with bpy.context.temp_override(**override), _quiet_stdout():
+            result = bpy.ops.wm.obj_import(filepath=path)
+        created = [o for o in bpy.data.objects if o not in before["objects"] and o.type == "MESH"]
+        if result != {"FINISHED"} or not created:
+            raise ValueError(f"{path}: Blender's OBJ importer read no mesh from it ({result})")
+        parts, offset, matrix = [], 0, None
+        for obj in created:
+            vertices, triangles = evaluated_triangles(scene, obj)
+            parts.append((vertices, triangles + offset))
+            offset += len(vertices)
+            matrix = np.array(obj.matrix_world) if matrix is None else matrix
+        if np.allclose(matrix, OBJ_TO_BLENDER, atol=1e-6):
+            matrix = OBJ_TO_BLENDER.copy()  # the importer's axes, exactly (its matrix is float32)
+    finally:
+        removed = [block for kind in kinds for block in getattr(bpy.data, kind) if block not in before[kind]]
+        if removed:
+            bpy.data.batch_remove(removed)
+    vertices = np.concatenate([p[0] for p in parts])
+    triangles = np.concatenate([p[1] for p in parts])
+    if len(triangles) == 0:
+        raise ValueError(f"{path}: the mesh has no faces")
+    return vertices, triangles, matrix
+
+
+def mesh_subject(path, diagonal=MESH_DIAGONAL):
+    """A subject builder (like torus_subject) for the mesh in the OBJ file `path`, scaled and centred."""
+    stem = os.path.splitext(os.path.basename(path))[0]
+
+    def build(bpy, scene):
+        vertices, triangles, importer = read_obj(bpy, scene, path)
+        normalise = normalising_matrix(vertices, diagonal)
+        vertices = vertices @ normalise[:3, :3].T + normalise[:3, 3]
+        mesh = bpy.data.meshes.new(f"marble_demo_{stem}")
+        mesh.from_pydata(vertices.tolist(), [], triangles.tolist())
+        mesh.update()
+        mesh.polygons.foreach_set("use_smooth", np.ones(len(triangles), dtype=bool))
+        mesh.materials.append(_material(bpy, f"marble_demo_{stem}"))
+        obj = bpy.data.objects.new(stem, mesh)
+        scene.collection.objects.link(obj)
+        # The file's coordinates -> the importer's (Z up) -> scaled and centred world.
+        info = {"source": os.path.abspath(path), "diagonal": diagonal,
+                "obj_to_world": (normalise @ importer).tolist()}
+        return obj, [mesh, mesh.materials[0], obj], info
+
+    return build
+
+
+def build_scene(bpy, width, height, samples):
+    """A new scene holding the torus, the lights and one camera; returns (scene, torus, camera, ids)."""
+    return _build_scene(bpy, width, height, samples)[:4]
+
+
+def _build_scene(bpy, width, height, samples, subject=None):
+    """build_scene with any subject (default: the torus); also returns what the subject builder
+    reports (a dict)."""
+    scene = bpy.data.scenes.new(SCENE_NAME)
+    _configure_render(scene, width, height, samples)
+    scene.world = _world(bpy)
+    ids = [scene, scene.world]
+    try:
+        obj, subject_ids, info = (subject or torus_subject)(bpy, scene)
+    except BaseException:
+        bpy.data.batch_remove(ids)
+        raise
+    ids += subject_ids
 
     sun_data = bpy.data.lights.new("marble_demo_sun", "SUN")
     sun_data.energy = 1.5
@@ -224,15 +328,15 @@ def build_scene(bpy, width, height, samples):
 
     camera_data = bpy.data.cameras.new("marble_demo_camera")
     camera_data.lens, camera_data.lens_unit = LENS_MM, "MILLIMETERS"
-    # Fit the sensor to the smaller image side so the torus fills it whatever the aspect.
+    # Fit the sensor to the smaller image side so the subject fills it whatever the aspect.
     camera_data.sensor_fit = "VERTICAL" if width >= height else "HORIZONTAL"
     camera_data.sensor_width = camera_data.sensor_height = SENSOR_MM
     camera_data.clip_start, camera_data.clip_end = 0.1, 100.0
     camera = bpy.data.objects.new("camera", camera_data)
     scene.collection.objects.link(camera)
     scene.camera = camera
-    ids = [scene, scene.world, mesh, mesh.materials[0], torus, sun_data, sun, camera_data, camera]
-    return scene, torus, camera, ids
+    ids += [sun_data, sun, camera_data, camera]
+    return scene, obj, camera, ids, info
 
 
 def evaluated_triangles(scene, obj):
@@ -263,6 +367,35 @@ def render_dataset(out_dir, views=40, size=(160, 160), samples=16, keep_scene=Fa
     (the current scene is left untouched) unless keep_scene is true, in which case it becomes the
     window's scene.
     """
+    return _render(out_dir, views, size, samples, keep_scene, verbose, verbose_blender,
+                   subject=None, elevation_range_deg=ELEVATION_RANGE_DEG)
+
+
+def render_mesh_dataset(mesh_path, out_dir, views=MESH_VIEWS, size=MESH_SIZE, samples=16,
+                        diagonal=MESH_DIAGONAL, elevation_range_deg=MESH_ELEVATION_RANGE_DEG,
+                        keep_scene=False, verbose=False, verbose_blender=False):
+    """Render the mesh in the OBJ file `mesh_path` (scaled and centred: bounding box at the origin with
+    the given diagonal) like the torus: `out_dir`/images, transforms.json, truth.ply (the scaled and
+    centred surface) and scene.json (source, diagonal, obj_to_world 4x4, views, size, samples).
+
+    Returns render_dataset's dict plus source, obj_to_world (4x4 array) and scene (scene.json's path).
+    """
+    result = _render(out_dir, views, size, samples, keep_scene, verbose, verbose_blender,
+                     subject=mesh_subject(mesh_path, diagonal), elevation_range_deg=elevation_range_deg)
+    info = dict(result.pop("info"))
+    width, height = result["size"]
+    info.update(views=views, size=[width, height], samples=samples,
+                elevation_range_deg=list(elevation_range_deg),
+                vertices=len(result["vertices"]), triangles=len(result["faces"]))
+    path = os.path.join(os.path.abspath(out_dir), SCENE_FILE)
+    with open(path, "w", encoding="utf-8") as f:
+        json.dump(info, f, indent=2)
+    result.update(source=info["source"], obj_to_world=np.array(info["obj_to_world"]), scene=path)
+    return result
+
+
+def _render(out_dir, views, size, samples, keep_scene, verbose, verbose_blender, subject,
+            elevation_range_deg):
     import bpy
 
     start = time.perf_counter()
@@ -276,7 +409,7 @@ def render_dataset(out_dir, views=40, size=(160, 160), samples=16, keep_scene=Fa
         shutil.rmtree(image_dir)
     os.makedirs(image_dir)
 
-    scene, torus, camera, ids = build_scene(bpy, width, height, samples)
+    scene, subject_obj, camera, ids, info = _build_scene(bpy, width, height, samples, subject)
     window = bpy.context.window
     previous = window.scene if window is not None else None
     digits = max(3, len(str(views - 1)))
@@ -284,9 +417,9 @@ def render_dataset(out_dir, views=40, size=(160, 160), samples=16, keep_scene=Fa
     try:
         if window is not None:
             window.scene = scene
-        vertices, faces = evaluated_triangles(scene, torus)
+        vertices, faces = evaluated_triangles(scene, subject_obj)
         K = camera_intrinsics(camera.data, width, height)
-        for k, position in enumerate(camera_positions(views)):
+        for k, position in enumerate(camera_positions(views, elevation_range_deg=elevation_range_deg)):
             camera.matrix_world = _matrix(look_at(position))
             path = os.path.join(image_dir, f"{k:0{digits}d}.png")
             render_still(scene, path, quiet=not verbose_blender)
@@ -309,9 +442,12 @@ def render_dataset(out_dir, views=40, size=(160, 160), samples=16, keep_scene=Fa
     truth = os.path.join(out_dir, "truth.ply")
     write_ply(truth, vertices, faces)
     extent = vertices.max(axis=0) - vertices.min(axis=0)
-    return {"transforms": transforms, "truth": truth, "bbox_diagonal": float(np.linalg.norm(extent)),
-            "vertices": vertices, "faces": faces, "images": images,
-            "seconds": time.perf_counter() - start}
+    result = {"transforms": transforms, "truth": truth, "bbox_diagonal": float(np.linalg.norm(extent)),
+              "vertices": vertices, "faces": faces, "images": images,
+              "seconds": time.perf_counter() - start}
+    if subject is not None:
+        result.update(info=info, size=(width, height))
+    return result
 
 
 def render_still(scene, path, quiet=True):
@@ -357,15 +493,30 @@ def _matrix(array):
 def main(argv=None):
     parser = argparse.ArgumentParser(prog="python -m demo.scene", description=__doc__.split("\n\n")[0])
     parser.add_argument("out_dir", help="folder to write images/, transforms.json and truth.ply into")
-    parser.add_argument("--views", type=int, default=40, help="number of cameras (default 40)")
-    parser.add_argument("--size", type=int, nargs="+", default=[160], metavar="PX",
-                        help="image size: one number (square) or width height (default 160)")
+    parser.add_argument("--mesh", metavar="OBJ", help="render this OBJ mesh (scaled and centred) "
+                        "instead of the torus")
+    parser.add_argument("--views", type=int, help=f"number of cameras (default 40; {MESH_VIEWS} with --mesh)")
+    parser.add_argument("--size", type=int, nargs="+", metavar="PX",
+                        help=f"image size: one number (square) or width height (default 160; {MESH_SIZE} "
+                             f"with --mesh)")
     parser.add_argument("--samples", type=int, default=16, help="Cycles samples per pixel (default 16)")
+    parser.add_argument("--diagonal", type=float, default=MESH_DIAGONAL,
+                        help=f"with --mesh: the bounding-box diagonal it is scaled to (default {MESH_DIAGONAL})")
     args = parser.parse_args(argv)
-    if len(args.size) not in (1, 2):
+    if args.size is not None and len(args.size) not in (1, 2):
         parser.error("--size takes one number or two (width height)")
+    if args.mesh is not None and not os.path.isfile(args.mesh):
+        parser.error(f"--mesh {args.mesh}: no such file")
+    if args.size is None:
+        args.size = [MESH_SIZE if args.mesh else 160]
+    if args.views is None:
+        args.views = MESH_VIEWS if args.mesh else 40
     size = (args.size[0], args.size[-1])
-    result = render_dataset(args.out_dir, views=args.views, size=size, samples=args.samples, verbose=True)
+    if args.mesh:
+        result = render_mesh_dataset(args.mesh, args.out_dir, views=args.views, size=size,
+                                     samples=args.samples, diagonal=args.diagonal, verbose=True)
+    else:
+        result = render_dataset(args.out_dir, views=args.views, size=size, samples=args.samples, verbose=True)
     print(f"[scene] {args.views} views at {size[0]}x{size[1]}, {args.samples} samples in "
           f"{result['seconds']:.1f} s")
     print(f"[scene] rig:   {result['transforms']}")

@@ -186,3 +186,90 @@ def test_command_line(tmp_path):
     assert (data["w"], data["h"], len(data["frames"])) == (40, 24, 2)
     assert (out / "truth.ply").is_file()
     assert Image.open(out / "images" / "001.png").size == (40, 24)
+
+
+# ---------------------------------------------------------------------------------------------------
+# Mesh scenes (render_mesh_dataset): any OBJ, scaled and centred, rendered like the torus.
+
+OCTAHEDRON_OBJ = """# an elongated octahedron, Y up, away from the origin; quads and a negative index on purpose
+v 3 1 5
+v 5 1 5
+v 4 0 5
+v 4 4 5
+v 4 1 4
+v 4 1 6
+f 1 3 5
+f 3 2 5
+f 2 4 5
+f 4 1 5
+f 3 1 6
+f 2 3 6
+f 4 2 6
+f 1 4 -1
+"""
+
+
+def test_normalising_matrix():
+    vertices = np.array([[1.0, 2.0, 3.0], [4.0, 6.0, 3.0], [2.0, 2.0, 15.0]])
+    M = demo_scene.normalising_matrix(vertices, diagonal=1.7)
+    moved = vertices @ M[:3, :3].T + M[:3, 3]
+    np.testing.assert_allclose(moved.max(0), -moved.min(0), atol=1e-12)
+    assert np.linalg.norm(moved.max(0) - moved.min(0)) == pytest.approx(1.7)
+    with pytest.raises(ValueError):
+        demo_scene.normalising_matrix(np.ones((3, 3)))
+
+
+def test_full_sphere_cameras():
+    positions = demo_scene.camera_positions(64, elevation_range_deg=demo_scene.MESH_ELEVATION_RANGE_DEG)
+    elevations = np.degrees(np.arcsin(positions[:, 2] / demo_scene.CAMERA_DISTANCE))
+    assert elevations.min() < -75.0 and elevations.max() > 75.0
+    # Equal area: as many cameras below the equator as above.
+    assert (positions[:, 2] < 0).sum() == (positions[:, 2] > 0).sum() == 32
+
+
+def test_mesh_dataset(tmp_path):
+    obj = tmp_path / "octahedron.obj"
+    obj.write_text(OCTAHEDRON_OBJ)
+    scenes_before = set(bpy.data.scenes.keys())
+    blocks_before = {kind: len(getattr(bpy.data, kind)) for kind in ("objects", "meshes", "materials")}
+    result = demo_scene.render_mesh_dataset(str(obj), str(tmp_path / "data"), views=5, size=(40, 32), samples=2)
+    assert set(bpy.data.scenes.keys()) == scenes_before, "render_mesh_dataset left its scene behind"
+    assert {kind: len(getattr(bpy.data, kind)) for kind in blocks_before} == blocks_before
+    # Y up in the file becomes Z up; the bounding box is centred with a diagonal of 1.7.
+    vertices, faces, _ = read_triangles(result["truth"])
+    assert faces.shape == (8, 3)
+    extent = vertices.max(0) - vertices.min(0)
+    np.testing.assert_allclose(vertices.max(0), -vertices.min(0), atol=1e-6)
+    assert np.linalg.norm(extent) == pytest.approx(1.7, abs=1e-6)
+    assert extent[2] == pytest.approx(2.0 * extent[0], abs=1e-6)  # file's y (4 long) is now z
+    file_vertices = np.array([list(map(float, l.split()[1:])) for l in OCTAHEDRON_OBJ.splitlines()
+                              if l.startswith("v ")])
+    M = result["obj_to_world"]
+    np.testing.assert_allclose(file_vertices @ M[:3, :3].T + M[:3, 3], vertices, atol=1e-6)
+    info = json.loads(open(result["scene"]).read())
+    assert info["source"] == str(obj) and info["views"] == 5 and info["size"] == [40, 32]
+    rig = load_rig(result["transforms"])
+    assert len(rig.views) == 5
+    for view in rig.views:
+        rgba = np.asarray(Image.open(view.image_path))
+        assert rgba.shape == (32, 40, 4)
+        # The centre of the object (the origin) projects into its silhouette.
+        u, v = project(view, np.zeros((1, 3)))[0]
+        assert rgba[int(v), int(u), 3] > 0
+
+
+def test_mesh_command_line(tmp_path):
+    obj = tmp_path / "octahedron.obj"
+    obj.write_text(OCTAHEDRON_OBJ)
+    out = tmp_path / "cli"
+    result = subprocess.run([sys.executable, "-m", "demo.scene", str(out), "--mesh", str(obj), "--views", "3",
+                             "--size", "24", "--samples", "1"], cwd=REPO, capture_output=True, text=True,
+                            timeout=300)
+    assert result.returncode == 0, result.stderr
+    assert "Saved:" not in result.stdout and "OBJ import" not in result.stdout
+    data = json.loads((out / "transforms.json").read_text())
+    assert (data["w"], data["h"], len(data["frames"])) == (24, 24, 3)
+    assert json.loads((out / "scene.json").read_text())["obj_to_world"]
+    missing = subprocess.run([sys.executable, "-m", "demo.scene", str(out), "--mesh", str(tmp_path / "no.obj")],
+                             cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert missing.returncode == 2 and "no such file" in missing.stderr
