@@ -119,7 +119,7 @@ def preset(name):
                                     finest_resolution=256),
             network=NetworkConfig(sdf_hidden=64, sdf_layers=1, color_hidden=64, color_layers=2),
             render=RenderConfig(samples_per_ray=128, occupancy_resolution=64),
-            train=TrainConfig(iterations=400, rays_per_batch=512, start_levels=4, level_every=50),
+            train=TrainConfig(iterations=1000, rays_per_batch=512, start_levels=4, level_every=50),
             mesh=MeshConfig(resolution=256))
     raise InputError(f"unknown preset {name!r}: choose cpu, fast or quality")
 

@@ -31,7 +31,7 @@ def test_cpu_preset_reconstructs_the_torus(torus_dataset, tmp_path):
     job = str(tmp_path / "job")
     start = time.monotonic()
     proc = subprocess.run([sys.executable, "-m", "engine", "train", "--data", torus_dataset, "--out", job,
-                           "--preset", "cpu"], cwd=REPO, capture_output=True, text=True, stdin=subprocess.DEVNULL,
+                           "--preset", "cpu", "--iterations", "400"], cwd=REPO, capture_output=True, text=True, stdin=subprocess.DEVNULL,
                           timeout=TRAIN_BUDGET_S + 120)
     seconds = time.monotonic() - start
     assert proc.returncode == 0, proc.stderr[-3000:]
