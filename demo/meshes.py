@@ -125,7 +125,7 @@ def render_snapshot(mesh_file, png_path, size=512, samples=32, direction=SNAPSHO
     """Render the PLY mesh with its vertex colours (Cycles, CPU) into `png_path` (RGB PNG, size x size).
     The Blender data it creates is removed again; returns the seconds it took."""
     import bpy
-    from demo.scene import _matrix, _quiet_stdout, render_still
+    from demo.scene import _matrix, _quiet_stdout, render_still, uniform_world
     from engine.plyio import read_triangles
 
     started = time.perf_counter()
@@ -154,11 +154,8 @@ def render_snapshot(mesh_file, png_path, size=512, samples=32, direction=SNAPSHO
         ids.append(obj)
         scene.collection.objects.link(obj)
 
-        world = bpy.data.worlds.new("marble_snapshot")
+        world = uniform_world(bpy, "marble_snapshot", (0.6, 0.6, 0.62))
         ids.append(world)
-        background = next(n for n in world.node_tree.nodes if n.type == "BACKGROUND")
-        background.inputs["Color"].default_value = (0.6, 0.6, 0.62, 1.0)
-        background.inputs["Strength"].default_value = 1.0
         scene.world = world
         sun_data = bpy.data.lights.new("marble_snapshot", "SUN")
         ids.append(sun_data)

@@ -293,12 +293,7 @@ def render_overview(bpy, demo_scene, scene, cameras, path, size=(960, 720), samp
     sun.rotation_euler = (math.radians(40.0), 0.0, math.radians(20.0))
     collection.objects.link(sun)
 
-    world = bpy.data.worlds.new("demo world")
-    if bpy.app.version < (5, 0, 0):
-        world.use_nodes = True
-    background = next(n for n in world.node_tree.nodes if n.type == "BACKGROUND")
-    background.inputs["Color"].default_value = (0.32, 0.34, 0.38, 1.0)
-    background.inputs["Strength"].default_value = 1.0
+    world = demo_scene.uniform_world(bpy, "demo world", (0.32, 0.34, 0.38))
 
     saved = (scene.camera, scene.world)
     render = scene.render

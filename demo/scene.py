@@ -171,12 +171,13 @@ def _material(bpy, name="marble_demo_torus"):
     return material
 
 
-def _world(bpy):
-    world = bpy.data.worlds.new("marble_demo_world")
+def uniform_world(bpy, name="marble_demo_world", colour=(0.55, 0.55, 0.55)):
+    """A world of one uniform colour (the even light of the datasets, the backdrop of pictures)."""
+    world = bpy.data.worlds.new(name)
     if bpy.app.version < (5, 0, 0):
         world.use_nodes = True
     background = next(n for n in world.node_tree.nodes if n.type == "BACKGROUND")
-    background.inputs["Color"].default_value = (0.55, 0.55, 0.55, 1.0)
+    background.inputs["Color"].default_value = (*colour, 1.0)
     background.inputs["Strength"].default_value = 1.0
     return world
 
@@ -310,7 +311,7 @@ def _build_scene(bpy, width, height, samples, subject=None):
     reports (a dict)."""
     scene = bpy.data.scenes.new(SCENE_NAME)
     _configure_render(scene, width, height, samples)
-    scene.world = _world(bpy)
+    scene.world = uniform_world(bpy)
     ids = [scene, scene.world]
     try:
         obj, subject_ids, info = (subject or torus_subject)(bpy, scene)
