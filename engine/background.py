@@ -6,6 +6,8 @@ import math
 import torch
 from torch import nn
 
+from .precision import reduced_precision
+
 
 def frequency_encoding(x, frequencies):
     """x and sin/cos of x * 2^k * pi for k < frequencies (NeRF's positional encoding)."""
@@ -32,6 +34,8 @@ def inverted_sphere_samples(origins, dirs, t_start, samples, jitter, generator=N
 
 
 class BackgroundNeRF(nn.Module):
+    amp_dtype = None  # set by SDFModel.set_mixed_precision
+
     def __init__(self, hidden=64, frequencies=6, samples=32):
         super().__init__()
         self.frequencies, self.samples = frequencies, samples
@@ -47,9 +51,11 @@ class BackgroundNeRF(nn.Module):
         x = origins[:, None] + t[..., None] * dirs[:, None]
         r = x.norm(dim=-1, keepdim=True).clamp_min(1e-6)
         contracted = torch.cat([x / r, 1.0 / r], -1)                      # (R, n, 4) in the unit 4-ball
-        h = self.density(frequency_encoding(contracted.reshape(-1, 4), self.frequencies))
-        sigma = torch.nn.functional.softplus(h[:, 0]).view(rays, n)
-        rgb = torch.sigmoid(self.color(torch.cat([h[:, 1:], dirs.repeat_interleave(n, 0)], -1))).view(rays, n, 3)
+        with reduced_precision(self, x):
+            h = self.density(frequency_encoding(contracted.reshape(-1, 4), self.frequencies))
+            logits = self.color(torch.cat([h[:, 1:], dirs.repeat_interleave(n, 0)], -1))
+        sigma = torch.nn.functional.softplus(h[:, 0].float()).view(rays, n)
+        rgb = torch.sigmoid(logits.float()).view(rays, n, 3)
         delta = torch.cat([t[:, 1:] - t[:, :-1], torch.full((rays, 1), 1e10, device=t.device)], 1)
         alpha = 1.0 - torch.exp(-sigma * delta)
         transmittance = torch.cumprod(torch.cat([torch.ones(rays, 1, device=t.device), 1.0 - alpha + 1e-7], 1),

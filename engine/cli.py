@@ -32,6 +32,12 @@ def parse_args(argv):
                        help="hold out every Nth view (index %% N == 0) for `evaluate`")
     train.add_argument("--largest-component", action="store_true",
                        help="keep only the largest connected piece of the mesh")
+    train.add_argument("--set", action="append", default=[], metavar="SECTION.FIELD=VALUE",
+                       help="override one field of the preset, e.g. render.sampler=hierarchical, "
+                            "train.gradient=analytic, train.mixed_precision=off (repeatable; "
+                            "`python -m engine preset NAME` lists the fields)")
+    show = sub.add_parser("preset", help="print a preset's full configuration as JSON")
+    show.add_argument("name", choices=PRESETS)
     extract = sub.add_parser("extract", help="extract the mesh of a job from its last checkpoint")
     extract.add_argument("job", help="job directory")
     extract.add_argument("--resolution", type=int)
@@ -68,6 +74,8 @@ def resolve_config(args):
             setattr(cfg.data, name, value)
     if args.largest_component:
         cfg.mesh.largest_component = True
+    for assignment in args.set:
+        cfg.set(assignment)
     cfg.device = args.device
     return cfg
 
@@ -145,11 +153,18 @@ def run_evaluate(args, out):
     return protocol.EXIT_OK
 
 
+def run_show_preset(args, out):
+    import json
+    print(json.dumps(preset(args.name).to_dict(), indent=2))
+    return protocol.EXIT_OK
+
+
 def main(argv=None):
     args = parse_args(sys.argv[1:] if argv is None else argv)
     out = Emitter()
     try:
-        commands = {"train": run_train, "extract": run_extract, "evaluate": run_evaluate}
+        commands = {"train": run_train, "extract": run_extract, "evaluate": run_evaluate,
+                    "preset": run_show_preset}
         return commands[args.command](args, out)
     except (RigError, InputError) as exc:
         # Bad input: one error event a user can act on, no traceback.

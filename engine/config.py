@@ -25,7 +25,10 @@ class NetworkConfig:
 
 @dataclass
 class RenderConfig:
-    samples_per_ray: int = 128     # candidate samples along each ray's chord through the unit sphere
+    sampler: str = "occupancy"     # occupancy (NeuS2's grid) | hierarchical (NeuS's up-sampling)
+    samples_per_ray: int = 128     # occupancy: fixed steps along each ray's chord; hierarchical: coarse samples
+    fine_samples: int = 64         # hierarchical: importance samples per ray ...
+    up_sample_rounds: int = 4      # ... drawn in this many rounds, at sharpness 64 * 2^round
     occupancy_resolution: int = 64 # empty-space grid over [-1, 1]^3
     occupancy_update_every: int = 16
     init_inv_s: float = 20.0       # NeuS: initial inverse standard deviation of the logistic density
@@ -51,6 +54,7 @@ class TrainConfig:
     start_levels: int = 4          # progressive levels: active at step 0
     level_every: int = 100         # one more level every this many steps
     grid_weight_decay: float = 0.0 # AdamW weight decay on the hash tables (Neuralangelo: 1e-2)
+    mixed_precision: str = "auto"  # auto (bf16/fp16 on CUDA, off on the CPU) | off | bf16 | fp16
     checkpoint_every: int = 500
     preview_every: int = 0         # 0: no preview meshes
     seed: int = 0
@@ -82,6 +86,46 @@ class Config:
 
     def to_dict(self):
         return dataclasses.asdict(self)
+
+    def set(self, assignment):
+        """Apply one 'section.field=value' override (the CLI's --set), converting the value to the
+        field's type; unknown names and bad values raise InputError naming them."""
+        key, sep, text = assignment.partition("=")
+        section_name, _, field_name = key.strip().partition(".")
+        section = getattr(self, section_name, None) if section_name in SECTIONS else None
+        fields = {f.name: f for f in dataclasses.fields(section)} if section is not None else {}
+        if not sep or field_name not in fields:
+            names = ", ".join(f"{s}.{f.name}" for s in SECTIONS for f in dataclasses.fields(getattr(self, s)))
+            raise InputError(f"--set {assignment!r}: expected SECTION.FIELD=VALUE with one of {names}")
+        kind = type(getattr(section, field_name))
+        text = text.strip()
+        try:
+            if kind is bool:
+                if text.lower() not in ("true", "false", "1", "0", "yes", "no", "on", "off"):
+                    raise ValueError(text)
+                value = text.lower() in ("true", "1", "yes", "on")
+            else:
+                value = kind(text)
+        except ValueError:
+            raise InputError(f"--set {assignment!r}: {key.strip()} takes a {kind.__name__}, got {text!r}") from None
+        setattr(section, field_name, value)
+        self.validate()
+
+    def validate(self):
+        """Raise InputError for a field outside its choices or range."""
+        for key, allowed in CHOICES.items():
+            section, name = key.split(".")
+            value = getattr(getattr(self, section), name)
+            if value not in allowed:
+                raise InputError(f"{key} must be one of {', '.join(allowed)}, got {value!r}")
+        positive = ("render.samples_per_ray", "render.up_sample_rounds", "train.iterations", "train.rays_per_batch",
+                    "encoding.levels", "encoding.features", "mesh.resolution", "mesh.block", "data.downscale")
+        for key in positive:
+            section, name = key.split(".")
+            if getattr(getattr(self, section), name) < 1:
+                raise InputError(f"{key} must be at least 1, got {getattr(getattr(self, section), name)}")
+        if self.render.fine_samples < 0:
+            raise InputError(f"render.fine_samples must be at least 0, got {self.render.fine_samples}")
 
     @classmethod
     def from_dict(cls, data):
@@ -125,3 +169,7 @@ def preset(name):
 
 
 PRESETS = ("cpu", "fast", "quality")
+SECTIONS = ("encoding", "network", "render", "train", "mesh", "data")
+CHOICES = {"render.sampler": ("occupancy", "hierarchical"), "render.background_model": ("auto", "none"),
+           "train.color_loss": ("l1", "huber"), "train.gradient": ("numerical", "analytic"),
+           "train.mixed_precision": ("auto", "off", "bf16", "fp16")}

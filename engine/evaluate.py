@@ -12,7 +12,6 @@ import numpy as np
 import torch
 
 from .data import camera_rays, downscaled_view, load_image
-from .render import render_rays
 
 
 @torch.no_grad()
@@ -28,9 +27,8 @@ def render_view(trainer, view, chunk=1024):
     rgb, opacity = [], []
     for d in dirs.split(chunk):
         d = d.to(trainer.device)
-        out = render_rays(model, trainer.grid, origin.to(trainer.device).expand(len(d), 3), d,
-                          trainer.cfg.render.samples_per_ray, cos_anneal=1.0, eps=model.sdf.finest_cell(),
-                          jitter=False, background=trainer.cfg.render.background)
+        out = trainer.render(origin.to(trainer.device).expand(len(d), 3), d, cos_anneal=1.0,
+                             eps=model.sdf.finest_cell())
         rgb.append(out["rgb"].cpu())
         opacity.append(out["opacity"].cpu())
     shape = (view.height, view.width)

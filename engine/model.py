@@ -9,6 +9,7 @@ from torch import nn
 
 from .background import BackgroundNeRF
 from .encoding import HashGrid
+from .precision import reduced_precision
 
 # Numerical gradient taps: central differences along each axis (Neuralangelo).
 TAP_OFFSETS = torch.tensor([[1, 0, 0], [-1, 0, 0], [0, 1, 0], [0, -1, 0], [0, 0, 1], [0, 0, -1]],
@@ -88,6 +89,8 @@ def central_differences(fn, x, eps, curvature=False):
 class ColorNetwork(nn.Module):
     """(geometry features, normal, view direction) -> RGB in [0, 1]."""
 
+    amp_dtype = None  # set by SDFModel.set_mixed_precision
+
     def __init__(self, net_cfg):
         super().__init__()
         dims = [net_cfg.geo_features + 6] + [net_cfg.color_hidden] * net_cfg.color_layers + [3]
@@ -97,7 +100,9 @@ class ColorNetwork(nn.Module):
         self.mlp = nn.Sequential(*layers[:-1])
 
     def forward(self, features, normals, dirs):
-        return torch.sigmoid(self.mlp(torch.cat([features, normals, dirs], -1)))
+        with reduced_precision(self, features):
+            logits = self.mlp(torch.cat([features, normals, dirs], -1))
+        return torch.sigmoid(logits.float())
 
 
 class Sharpness(nn.Module):
@@ -119,6 +124,13 @@ class SDFModel(nn.Module):
         self.sharpness = Sharpness(cfg.render.init_inv_s)
         self.background = BackgroundNeRF(samples=cfg.render.background_samples) if background else None
 
+    def set_mixed_precision(self, dtype):
+        """Run the colour and background MLPs under autocast at `dtype` (None: full precision). The SDF
+        stays in float32: its gradient and Laplacian are differences of values eps apart, which half
+        precision would drown in rounding."""
+        self.color.amp_dtype = dtype
+        if self.background is not None:
+            self.background.amp_dtype = dtype
     def param_groups(self, train_cfg):
         return [
             {"params": [self.sdf.grid.table], "lr": train_cfg.lr, "name": "grid",

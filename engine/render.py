@@ -1,7 +1,12 @@
-"""NeuS volume rendering with empty-space skipping by an occupancy grid (NeuS2).
+"""NeuS volume rendering of the SDF, with two ways to place samples along the rays:
 
-Rays are clipped to the unit sphere and sampled at fixed steps; only samples in occupied cells are
-evaluated by the networks. Everything runs in the normalised space.
+- "occupancy" (NeuS2): fixed steps along the ray's chord through the unit sphere; only samples in
+  cells of an occupancy grid (updated during training) are evaluated by the networks.
+- "hierarchical" (NeuS): coarse uniform samples, then importance samples drawn in a few rounds from
+  the NeuS weights of the samples so far, at a sharpness that doubles each round.
+
+Rays are clipped to the unit sphere (and to the region cells: the visual hull when there are masks).
+Everything runs in the normalised space.
 """
 import math
 
@@ -93,37 +98,112 @@ def _inference_samples(model, x, d, step, inv_s, cos_anneal, eps):
     return sdf, grad, rgb, alpha, None
 
 
+def sample_pdf(bins, weights, count, jitter=False, generator=None):
+    """`count` distances per ray drawn from the piecewise-constant density `weights` (R, B-1) over
+    the intervals between `bins` (R, B), by inverting its CDF (stratified, or midpoints)."""
+    rays = bins.shape[0]
+    pdf = (weights + 1e-5) / (weights + 1e-5).sum(-1, keepdim=True)
+    cdf = torch.cat([torch.zeros(rays, 1, device=bins.device), pdf.cumsum(-1)], -1).clamp(max=1.0)
+    u = (torch.rand(rays, count, generator=generator).to(bins.device) if jitter
+         else torch.full((rays, count), 0.5, device=bins.device))
+    u = (torch.arange(count, dtype=torch.float32, device=bins.device)[None] + u) / count
+    upper = torch.searchsorted(cdf.contiguous(), u.contiguous(), right=True).clamp(1, bins.shape[1] - 1)
+    lower = upper - 1
+    cdf_lo, cdf_hi = cdf.gather(1, lower), cdf.gather(1, upper)
+    bin_lo, bin_hi = bins.gather(1, lower), bins.gather(1, upper)
+    frac = ((u - cdf_lo) / (cdf_hi - cdf_lo).clamp_min(1e-8)).clamp(0.0, 1.0)
+    return bin_lo + frac * (bin_hi - bin_lo)
+
+
+def segment_weights(sdf, t, inv_s):
+    """NeuS weights of the segments between consecutive samples (R, S-1) from SDF values alone
+    (the up-sampling estimate of NeuS: the slope from neighbouring samples, never positive)."""
+    mid = (sdf[:, 1:] + sdf[:, :-1]) * 0.5
+    length = t[:, 1:] - t[:, :-1]
+    slope = (sdf[:, 1:] - sdf[:, :-1]) / (length + 1e-5)
+    slope = torch.minimum(slope, torch.cat([torch.zeros_like(slope[:, :1]), slope[:, :-1]], 1)).clamp(-1e3, 0.0)
+    prev_cdf = torch.sigmoid((mid - slope * length * 0.5) * inv_s)
+    next_cdf = torch.sigmoid((mid + slope * length * 0.5) * inv_s)
+    alpha = ((prev_cdf - next_cdf + 1e-5) / (prev_cdf + 1e-5)).clamp(0.0, 1.0)
+    transmittance = torch.cumprod(torch.cat([torch.ones_like(alpha[:, :1]), 1.0 - alpha + 1e-7], 1), 1)[:, :-1]
+    return alpha * transmittance
+
+
+@torch.no_grad()
+def hierarchical_samples(sdf_fn, origins, dirs, near, far, coarse, fine, rounds, jitter=True, generator=None):
+    """Sorted sample distances (R, coarse + fine): `coarse` uniform ones in [near, far], then `fine`
+    ones drawn in `rounds` rounds from the NeuS weights at sharpness 64 * 2^round (NeuS's up-sampling)."""
+    rays, device = origins.shape[0], origins.device
+    u = (torch.rand(rays, coarse, generator=generator).to(device) if jitter
+         else torch.full((rays, coarse), 0.5, device=device))
+    t = near[:, None] + (torch.arange(coarse, dtype=torch.float32, device=device)[None] + u) / coarse \
+        * (far - near)[:, None]
+
+    def sdf_at(distances):
+        points = origins[:, None, :] + distances[..., None] * dirs[:, None, :]
+        return sdf_fn(points.reshape(-1, 3)).view(rays, -1)
+
+    sdf = sdf_at(t)
+    per_round = [fine // rounds + (1 if r < fine % rounds else 0) for r in range(rounds)]
+    for r, count in enumerate(per_round):
+        if count == 0:
+            continue
+        new_t = sample_pdf(t, segment_weights(sdf, t, 64.0 * 2 ** r), count)
+        t, order = torch.sort(torch.cat([t, new_t], 1), 1)
+        sdf = torch.cat([sdf, sdf_at(new_t)], 1).gather(1, order)
+    return t
+
+
 def render_rays(model, grid, origins, dirs, samples, cos_anneal, eps, gradient="numerical",
-                curvature=False, jitter=True, generator=None, background=0.0):
+                curvature=False, jitter=True, generator=None, background=0.0, sampler="occupancy",
+                fine_samples=64, up_sample_rounds=4):
     """Colour, opacity and per-sample terms of a batch of rays.
 
-    Returns a dict: rgb (R, 3) composited over the background (the model's background NeRF when it
-    has one, else the constant grey `background`), opacity (R,) of the surface alone, grad (M, 3) and
-    laplacian (M,) or None at the M evaluated samples, and `evaluated` (M).
+    sampler "occupancy": `samples` fixed steps per ray, evaluated where the grid is occupied;
+    "hierarchical": `samples` coarse plus `fine_samples` importance samples, evaluated in the grid's
+    region. Returns a dict: rgb (R, 3) composited over the background (the model's background NeRF
+    when it has one, else the constant grey `background`), opacity (R,) of the surface alone, grad
+    (M, 3) and laplacian (M,) or None at the M evaluated samples, and `evaluated` (M).
     """
     rays, device = origins.shape[0], origins.device
     near, far, hit = sphere_chord(origins, dirs)
-    step = torch.where(hit, (far - near) / samples, torch.zeros_like(near))
-    # The generator lives on the CPU so that runs are reproducible on any device.
-    offset = (torch.rand(rays, samples, generator=generator).to(device) if jitter
-              else torch.full((rays, samples), 0.5, device=device))
-    t = near[:, None] + (torch.arange(samples, dtype=torch.float32, device=device)[None] + offset) * step[:, None]
+    if sampler == "hierarchical":
+        far = torch.where(hit, far, near + 1e-3)  # rays that miss keep well-formed (unused) samples
+        t = hierarchical_samples(lambda p: model.sdf(p)[0], origins, dirs, near, far, samples, fine_samples,
+                                 up_sample_rounds, jitter, generator)
+        # Each sample stands for the segment up to the next one (the last: up to the chord's end).
+        step = torch.cat([t[:, 1:] - t[:, :-1], (far[:, None] - t[:, -1:]).clamp_min(0.0)], 1)
+        t = t + step * 0.5
+        occupied = grid.region
+    elif sampler == "occupancy":
+        chord_step = torch.where(hit, (far - near) / samples, torch.zeros_like(near))
+        # The generator lives on the CPU so that runs are reproducible on any device.
+        offset = (torch.rand(rays, samples, generator=generator).to(device) if jitter
+                  else torch.full((rays, samples), 0.5, device=device))
+        t = near[:, None] + (torch.arange(samples, dtype=torch.float32, device=device)[None] + offset) \
+            * chord_step[:, None]
+        step = chord_step[:, None].expand_as(t)
+        occupied = None
+    else:
+        raise ValueError(f"unknown sampler {sampler!r}: occupancy or hierarchical")
+    count = t.shape[1]
     points = origins[:, None, :] + t[..., None] * dirs[:, None, :]
-    keep = grid.lookup(points) & hit[:, None]
+    keep = grid.lookup(points, occupied) & hit[:, None]
     flat = keep.reshape(-1).nonzero().squeeze(1)
-    ray_of = flat // samples
+    ray_of = flat // count
     x = points.reshape(-1, 3)[flat]
     d = dirs[ray_of]
+    seg = step.reshape(-1)[flat]
     inv_s = model.sharpness()
     if torch.is_grad_enabled():
         sdf, grad, feat, lap = model.sdf.with_gradient(x, eps, gradient, curvature)
         normals = grad / grad.norm(dim=-1, keepdim=True).clamp_min(1e-6)
         rgb = model.color(feat, normals, d)
-        alpha = neus_alpha(sdf, (d * grad).sum(-1), step[ray_of], inv_s, cos_anneal)
+        alpha = neus_alpha(sdf, (d * grad).sum(-1), seg, inv_s, cos_anneal)
     else:
-        sdf, grad, rgb, alpha, lap = _inference_samples(model, x, d, step[ray_of], inv_s, cos_anneal, eps)
-    alpha_full = torch.zeros(rays * samples, dtype=alpha.dtype, device=device).index_put((flat,), alpha)
-    alpha_full = alpha_full.view(rays, samples)
+        sdf, grad, rgb, alpha, lap = _inference_samples(model, x, d, seg, inv_s, cos_anneal, eps)
+    alpha_full = torch.zeros(rays * count, dtype=alpha.dtype, device=device).index_put((flat,), alpha)
+    alpha_full = alpha_full.view(rays, count)
     transmittance = torch.cumprod(torch.cat([torch.ones(rays, 1, device=device), 1.0 - alpha_full + 1e-7], 1),
                                   1)[:, :-1]
     weights = (alpha_full * transmittance).reshape(-1)[flat]

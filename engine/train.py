@@ -15,6 +15,7 @@ from .data import Normalization, RayDataset, carve
 from .rig import RigError
 from .mesh import extract_mesh, largest_component
 from .model import SDFModel
+from .precision import mixed_precision_dtype
 from .plyio import write_ply
 from .render import OccupancyGrid, render_rays
 
@@ -92,6 +93,12 @@ class Trainer:
                      f"radius {n.radius:.4g}")
         use_background = self.cfg.render.background_model == "auto" and not self.data.has_masks
         self.model = SDFModel(self.cfg, background=use_background).to(self.device)
+        self.amp_dtype = mixed_precision_dtype(self.cfg.train.mixed_precision, self.device)
+        self.model.set_mixed_precision(self.amp_dtype)
+        # float16 gradients underflow without loss scaling; bfloat16 has float32's range and needs none.
+        self.scaler = torch.amp.GradScaler(self.device, enabled=self.amp_dtype == torch.float16)
+        if self.amp_dtype is not None:
+            self.out.log(f"mixed precision: colour and background MLPs in {str(self.amp_dtype).split('.')[-1]}")
         self.grid = OccupancyGrid(self.cfg.render.occupancy_resolution,
                                   region_grid(self.data, self.cfg.render.occupancy_resolution), self.device)
         # AdamW: weight decay (the grid's, when the preset asks for it) stays out of Adam's moments.
@@ -130,7 +137,7 @@ class Trainer:
     def save_checkpoint(self):
         path = self.checkpoint_path(self.step)
         state = {"step": self.step, "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
-                 "grid": self.grid.state_dict(), "generator": self.generator.get_state(),
+                 "grid": self.grid.state_dict(), "scaler": self.scaler.state_dict(), "generator": self.generator.get_state(),
                  "torch_rng": torch.get_rng_state(), "config": self.cfg.to_dict()}
         torch.save(state, path + ".tmp")
         os.replace(path + ".tmp", path)
@@ -143,6 +150,8 @@ class Trainer:
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.grid.load_state_dict(state["grid"])
+        if state.get("scaler"):
+            self.scaler.load_state_dict(state["scaler"])
         self.generator.set_state(state["generator"].cpu())
         torch.set_rng_state(state["torch_rng"].cpu())
         self.step = state["step"]
@@ -157,6 +166,14 @@ class Trainer:
         """SDF at points given on any device, returned on the CPU (for extraction)."""
         return self.model.sdf(x.to(self.device))[0].to(x.device)
 
+    def render(self, origins, dirs, cos_anneal, eps, gradient="numerical", curvature=False, jitter=False):
+        """render_rays with the configured sampler (normalised-space rays on the training device)."""
+        rc = self.cfg.render
+        return render_rays(self.model, self.grid, origins, dirs, rc.samples_per_ray, cos_anneal=cos_anneal, eps=eps,
+                           gradient=gradient, curvature=curvature, jitter=jitter,
+                           generator=self.generator if jitter else None, background=rc.background,
+                           sampler=rc.sampler, fine_samples=rc.fine_samples, up_sample_rounds=rc.up_sample_rounds)
+
     def train_step(self):
         cfg, tc = self.cfg, self.cfg.train
         levels = active_levels(self.step, cfg, cfg.encoding.levels)
@@ -169,10 +186,8 @@ class Trainer:
             group["lr"] = base * factor
         origins, dirs, rgb_gt, mask = (None if t is None else t.to(self.device)
                                        for t in self.data.sample(tc.rays_per_batch, self.generator))
-        out = render_rays(self.model, self.grid, origins, dirs, cfg.render.samples_per_ray,
-                          cos_anneal=min(1.0, self.step / max(1, cfg.render.cos_anneal_iters)), eps=eps,
-                          gradient=tc.gradient, curvature=tc.curvature_weight > 0, generator=self.generator,
-                          background=cfg.render.background)
+        out = self.render(origins, dirs, cos_anneal=min(1.0, self.step / max(1, cfg.render.cos_anneal_iters)),
+                          eps=eps, gradient=tc.gradient, curvature=tc.curvature_weight > 0, jitter=True)
         rgb = out["rgb"]
         diff = rgb - rgb_gt
         color_loss = (torch.nn.functional.huber_loss(rgb, rgb_gt, delta=0.1) if tc.color_loss == "huber"
@@ -189,8 +204,9 @@ class Trainer:
                    "curvature": tc.curvature_weight * curvature_schedule(self.step, cfg)}
         loss = sum(weights[k] * v for k, v in losses.items())
         self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        self.optimizer.step()
+        self.scaler.scale(loss).backward()
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
         self.step += 1
         mse = float((diff.detach() ** 2).mean())
         return float(loss.detach()), {k: float(v.detach()) for k, v in losses.items()}, -10.0 * math.log10(max(mse, 1e-10)), levels

@@ -57,8 +57,8 @@ def test_synthetic_row():
     assert list(row) == SPEC["columns"]
     assert row == {
         "date": "2026-01-02", "scene": "spot", "cpu": "Test CPU", "cores": "2", "device": "cpu",
-        "backend": "torch", "preset": "cpu", "iterations": "400", "views": "64", "size px": "200x200",
-        "wall s": "123.5", "peak MB": "812", "chamfer %": "0.512", "F@0.5%": "0.612", "F@1%": "0.900",
+        "backend": "torch", "preset": "cpu", "iterations": "400", "settings": "", "views": "64",
+        "size px": "200x200", "wall s": "123.5", "peak MB": "812", "chamfer %": "0.512", "F@0.5%": "0.612", "F@1%": "0.900",
         "held-out PSNR": "", "mask IoU": "", "mesh": "[png](images/quality_spot.png)"}
 
 
@@ -82,6 +82,12 @@ def test_rows_in_the_document(tmp_path):
     again = dict(rows["spot"], **{"wall s": "9.0"})  # same scene, machine, preset, iterations: replaced
     kept = build.update_benchmarks_doc("quality", again, path=doc)
     assert [(r["scene"], r["wall s"]) for r in kept] == [("armadillo", "10.0"), ("spot", "9.0")]
+    # The same scene with other engine settings is a row of its own.
+    hierarchical = build.quality_row("spot", MACHINE, started_event(), 20.0, 100.0, 64, (200, 200),
+                                     settings=["render.sampler=hierarchical"])
+    kept = build.update_benchmarks_doc("quality", hierarchical, path=doc)
+    assert [(r["scene"], r["settings"]) for r in kept] == [("armadillo", ""), ("spot", ""),
+                                                           ("spot", "render.sampler=hierarchical")]
     text = open(doc, encoding="utf-8").read()
     assert text.count("## quality:") == 1 and "F-score" in text and "0.8%" in text
     assert "| 1.000 |" in text  # chamfer in % of the diagonal
@@ -110,10 +116,17 @@ def test_run_engine_reads_events_and_memory(tmp_path):
     assert run["wall_s"] > 0
 
 
-def test_png_size(tmp_path):
+def test_image_size_from_png_and_jpeg_headers(tmp_path):
     from PIL import Image
     Image.new("RGB", (37, 21)).save(tmp_path / "a.png")
-    assert build.png_size(str(tmp_path / "a.png")) == (37, 21)
+    Image.new("RGB", (45, 19)).save(tmp_path / "b.jpg", quality=90, exif=b"Exif\x00\x00" + b"\x00" * 40)
+    Image.new("RGB", (64, 33)).save(tmp_path / "c.jpg", progressive=True)
+    assert build.image_size(str(tmp_path / "a.png")) == (37, 21)
+    assert build.image_size(str(tmp_path / "b.jpg")) == (45, 19)
+    assert build.image_size(str(tmp_path / "c.jpg")) == (64, 33)
+    (tmp_path / "d.jpg").write_bytes(b"\xff\xd8\xff")
+    with pytest.raises(build.BuildError, match="d.jpg"):
+        build.image_size(str(tmp_path / "d.jpg"))
 
 
 # ---------------------------------------------------------------------------------------------------

@@ -251,3 +251,22 @@ def test_resume_gives_the_result_of_an_uninterrupted_run(tmp_path, tiny_rig):
     assert a["step"] == b["step"] == 6
     for name, value in a["model"].items():
         assert torch.allclose(value, b["model"][name], atol=1e-4, rtol=1e-3), name
+
+
+def test_set_overrides_choose_the_alternative_methods(tmp_path, tiny_rig):
+    """--set picks NeuS's hierarchical sampler, analytic gradients, the Huber loss and float16 mixed
+    precision (loss scaling included, on the CPU here); the run finishes and reports what it used."""
+    job = str(tmp_path / "job")
+    overrides = ["render.sampler=hierarchical", "render.samples_per_ray=16", "render.fine_samples=16",
+                 "train.gradient=analytic", "train.color_loss=huber", "train.mixed_precision=fp16"]
+    code, events, err = run_engine(["train", "--data", tiny_rig, "--out", job, "--iterations", "3",
+                                    "--resolution", "16"] + [a for o in overrides for a in ("--set", o)])
+    assert code == 0, err
+    config = events[0]["config"]
+    assert (config["render"]["sampler"], config["train"]["gradient"], config["train"]["color_loss"],
+            config["train"]["mixed_precision"]) == ("hierarchical", "analytic", "huber", "fp16")
+    assert "mixed precision: colour and background MLPs in float16" in err
+    progress = [e for e in events if e["event"] == protocol.PROGRESS]
+    assert progress and all(math.isfinite(e["loss"]) for e in progress)
+    assert_one_error(*run_engine(["train", "--data", tiny_rig, "--out", str(tmp_path / "j2"),
+                                  "--set", "render.sampler=stratified"]), "render.sampler", "occupancy")
