@@ -45,6 +45,21 @@ def active_levels(step, cfg, levels):
     return min(levels, cfg.train.start_levels + step // max(1, cfg.train.level_every))
 
 
+def numerical_step(step, cfg, resolutions):
+    """Neuralangelo's step eps of the numerical gradient, in normalised units: the cell of the coarsest
+    level at step 0, shrinking exponentially to the cell of the finest level by the step the last level
+    opens; never finer than the finest active level's cell."""
+    levels = len(resolutions)
+    all_open = (levels - min(cfg.train.start_levels, levels)) * max(1, cfg.train.level_every)
+    level = levels - 1.0 if all_open == 0 else min(1.0, step / all_open) * (levels - 1)
+    level = min(level, active_levels(step, cfg, levels) - 1)
+    lower = int(math.floor(level))
+    upper = min(lower + 1, levels - 1)
+    frac = level - lower
+    resolution = math.exp((1 - frac) * math.log(resolutions[lower]) + frac * math.log(resolutions[upper]))
+    return 2.0 / resolution
+
+
 def region_grid(dataset, resolution):
     """Occupancy region: the unit sphere, cut to the visual hull (dilated 2 cells) when masks exist."""
     if not dataset.has_masks:
@@ -178,7 +193,7 @@ class Trainer:
         cfg, tc = self.cfg, self.cfg.train
         levels = active_levels(self.step, cfg, cfg.encoding.levels)
         self.model.sdf.grid.set_active_levels(levels)
-        eps = self.model.sdf.finest_cell()
+        eps = numerical_step(self.step, cfg, self.model.sdf.grid.resolutions)
         if self.step % cfg.render.occupancy_update_every == 0:
             self.grid.update(self.sdf_fn, self.model.sharpness())
         factor = learning_rate_factor(self.step, tc)

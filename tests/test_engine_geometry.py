@@ -10,7 +10,7 @@ from engine.metrics import chamfer
 from engine.model import SDFModel, central_differences
 from engine.plyio import read_triangles, write_ply
 from engine.render import OccupancyGrid, neus_alpha, render_rays, sphere_chord
-from engine.train import active_levels, curvature_schedule
+from engine.train import active_levels, curvature_schedule, numerical_step
 
 
 def sphere_sdf(x, center=(0.1, -0.2, 0.05), radius=0.6):
@@ -32,16 +32,29 @@ def test_numerical_gradient_of_an_analytic_sdf():
 def test_numerical_gradient_step_and_levels_follow_the_schedule():
     cfg = preset("cpu")
     model = SDFModel(cfg)
-    steps = [0, cfg.train.level_every - 1, cfg.train.level_every, 10 * cfg.train.level_every]
+    every, start = cfg.train.level_every, cfg.train.start_levels
+    resolutions = model.sdf.grid.resolutions
+    steps = [0, every - 1, every, 10 * every]
     levels = [active_levels(s, cfg, cfg.encoding.levels) for s in steps]
-    assert levels == [cfg.train.start_levels, cfg.train.start_levels, cfg.train.start_levels + 1,
-                      cfg.encoding.levels]
-    eps = []
-    for count in levels:
-        model.sdf.grid.set_active_levels(count)
-        eps.append(model.sdf.finest_cell())
-        assert math.isclose(eps[-1], 2.0 / model.sdf.grid.resolutions[count - 1])
-    assert eps[0] == eps[1] > eps[2] > eps[3]
+    assert levels == [start, start, start + 1, cfg.encoding.levels]
+    # eps: the coarsest cell at step 0, shrinking exponentially to the finest cell by the step the last
+    # level opens, and never finer than the finest active level's cell.
+    all_open = (cfg.encoding.levels - start) * every
+    assert math.isclose(numerical_step(0, cfg, resolutions), 2.0 / resolutions[0])
+    third = numerical_step(all_open // 3, cfg, resolutions)
+    assert math.isclose(third, 2.0 / resolutions[3])  # 9 levels to cross in 3 thirds
+    assert math.isclose(numerical_step(all_open // 6, cfg, resolutions),
+                        2.0 / math.sqrt(resolutions[1] * resolutions[2]))
+    for step in range(0, 2 * all_open, 7):
+        model.sdf.grid.set_active_levels(active_levels(step, cfg, cfg.encoding.levels))
+        assert numerical_step(step, cfg, resolutions) >= model.sdf.finest_cell() - 1e-12
+    for step in (all_open, all_open + 1, 3 * all_open):
+        assert math.isclose(numerical_step(step, cfg, resolutions), 2.0 / resolutions[-1])
+    series = [numerical_step(s, cfg, resolutions) for s in range(0, 2 * all_open, 7)]
+    assert all(a >= b for a, b in zip(series, series[1:])) and series[0] > series[-1]
+    everything = preset("cpu")
+    everything.train.start_levels = everything.encoding.levels  # no progressive levels: the finest cell
+    assert math.isclose(numerical_step(0, everything, resolutions), 2.0 / resolutions[-1])
     # The curvature weight warms up, then shrinks as levels open.
     w = [curvature_schedule(s, cfg) for s in (0, cfg.train.level_every // 2, cfg.train.level_every,
                                                  5 * cfg.train.level_every)]
