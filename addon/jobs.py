@@ -18,7 +18,7 @@ import traceback
 import bpy
 
 from ..engine import protocol
-from . import PACKAGE, ROOT, preferences
+from . import ROOT, preferences
 from . import region as regions
 from . import scene as builders
 
@@ -98,16 +98,31 @@ def engine_environment(root):
     return env
 
 
-def build_command(python, settings, rig_path, job_dir, region=None):
+def resolved_choice(value, preference_name, fallback):
+    """A scene's preset/device, where 'default' means the preferences' default."""
+    if value != 'default':
+        return value
+    prefs = preferences.get()
+    return getattr(prefs, preference_name, fallback) if prefs is not None else fallback
+
+
+def build_command(python, settings, rig_path, job_dir, region=None, resume=False, preview_every=0):
     """The engine's command line; `region` (centre xyz, radius) in world units adds `--region X Y Z R`."""
     command = [python, "-m", "engine", "train", "--data", rig_path, "--out", job_dir,
-               "--preset", settings.preset, "--device", settings.device,
+               "--preset", resolved_choice(settings.preset, "default_preset", "cpu"),
+               "--device", resolved_choice(settings.device, "default_device", "auto"),
                "--resolution", str(settings.resolution)]
     if settings.iterations > 0:
         command += ["--iterations", str(settings.iterations)]
+    if preview_every > 0:
+        command += ["--preview-every", str(preview_every)]
+    if not settings.use_masks:
+        command += ["--no-masks"]
     if region is not None:
         centre, radius = region
         command += ["--region", *(_fixed(x) for x in (*centre, radius))]
+    if resume:
+        command += ["--resume"]
     return command
 
 
@@ -118,8 +133,8 @@ def _fixed(value):
 
 
 def new_job_dir():
-    """A fresh timestamped folder under the extension's user folder."""
-    base = bpy.utils.extension_path_user(PACKAGE, path="jobs", create=True)
+    """A fresh timestamped folder under the jobs folder of the preferences."""
+    base = preferences.jobs_root()
     stamp = time.strftime("%Y%m%d-%H%M%S")
     path, n = os.path.join(base, stamp), 1
     while os.path.exists(path):
@@ -129,11 +144,14 @@ def new_job_dir():
     return path
 
 
-def start(context):
-    """Start training the scene's rig; raises JobError with a message for the user when it cannot."""
+def start(context, resume=False):
+    """Start training the scene's rig (or, with `resume`, go on with the scene's last job from its
+    checkpoint); raises JobError with a message for the user when it cannot."""
     global _job
     if _job is not None:
-        raise JobError("A Marble job is already running: wait for it or cancel it first")
+        where = f" (scene '{_job.scene_name}')" if _job.scene_name != context.scene.name else ""
+        raise JobError(f"A Marble job is already running{where}: wait for it or cancel it first; "
+                       "one job runs at a time")
     settings = context.scene.marble
     if not settings.rig_path:
         raise JobError("No camera rig: import one first (Marble > Import Rig)")
@@ -149,8 +167,19 @@ def start(context):
                        f"(set it in Preferences > Add-ons > Marble)")
     if not os.access(python, os.X_OK):
         raise JobError(f"The engine's Python interpreter is not executable: {python}")
+    verdict = preferences.engine_verdict()
+    if verdict is not None and not verdict[0]:
+        raise JobError(f"The engine's Python cannot train: {verdict[1]} "
+                       "(Preferences > Add-ons > Marble)")
 
-    job_dir = os.path.abspath(bpy.path.abspath(settings.job_dir)) if settings.job_dir else new_job_dir()
+    if resume:
+        job_dir = resumable_job(context.scene)
+        if job_dir is None:
+            raise JobError("Nothing to resume: the scene's last job has no checkpoint")
+    elif settings.job_dir:
+        job_dir = os.path.abspath(bpy.path.abspath(settings.job_dir))
+    else:
+        job_dir = new_job_dir()
     try:
         os.makedirs(job_dir, exist_ok=True)
     except OSError as exc:
@@ -159,7 +188,9 @@ def start(context):
     # left to the engine, and follows the region the engine reports.
     region_obj = regions.scene_region(context.scene)
     region = regions.training_region(context.scene)
-    command = build_command(python, settings, rig_path, job_dir, region=region)
+    prefs = preferences.get()
+    command = build_command(python, settings, rig_path, job_dir, region=region, resume=resume,
+                            preview_every=prefs.preview_every if prefs is not None else 0)
     root = engine_root()
     log_path = os.path.join(job_dir, protocol.LOG_FILE)
     try:
@@ -186,19 +217,23 @@ def start(context):
         _job.region_name = region_obj.name
     _job.reader.start()
 
+    settings.last_job = job_dir
     state = context.window_manager.marble_job
+    if not resume:  # a resumed job keeps showing where it stopped until the engine reports
+        state.progress = 0.0
+        state.iteration = 0
+        state.total = settings.iterations
+        state.loss = 0.0
+        state.psnr = 0.0
+        state.mesh_path = ""
     state.state = 'running'
-    state.progress = 0.0
-    state.iteration = 0
-    state.total = settings.iterations
-    state.loss = 0.0
-    state.psnr = 0.0
     state.eta_s = 0.0
-    state.stage = "starting"
+    state.stage = "resuming" if resume else "starting"
+    state.frame = -1
     state.message = ""
     state.device = ""
     state.job_dir = job_dir
-    state.mesh_path = ""
+    state.resumable = False
 
     timers = getattr(bpy.app, "timers", None)
     if timers is not None and not timers.is_registered(tick):
@@ -290,17 +325,15 @@ def _number(value, default=0.0):
     return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else default
 
 
-def _handle(job, event, state):
-    kind = event["event"]
-    if state is None:
-        return
+def update_state(state, event):
+    """Copy what one engine event says into the job state (figures and messages only, no scene
+    changes): shared by the live tick and by restoring a job's state from its events.jsonl."""
+    kind = event.get("event")
     if kind == protocol.STARTED:
         device, backend = event.get("device"), event.get("backend")
         state.device = ", ".join(str(x) for x in (device, backend) if x)
     elif kind == protocol.STAGE:
         state.stage = str(event.get("name", ""))
-        if event.get("name") == "train" and isinstance(event.get("region"), dict):
-            _follow_region(job, event["region"])
     elif kind == protocol.PROGRESS:
         iteration, total = int(_number(event.get("iteration"))), int(_number(event.get("total")))
         state.iteration = iteration
@@ -310,29 +343,46 @@ def _handle(job, event, state):
         state.loss = _number(event.get("loss"), state.loss)
         state.psnr = _number(event.get("psnr"), state.psnr)
         state.eta_s = _number(event.get("eta_s"), state.eta_s)
-    elif kind == protocol.PREVIEW:
-        _show_preview(job, event.get("path"))
+        frame = event.get("frame")
+        state.frame = int(frame) if isinstance(frame, int) and not isinstance(frame, bool) else -1
     elif kind == protocol.MESH:
         if event.get("frame") is None and event.get("path"):
             state.mesh_path = str(event["path"])
     elif kind == protocol.WARNING:
         state.message = str(event.get("message", ""))
     elif kind == protocol.ERROR:
-        job.final = kind
         state.state = 'failed'
         state.message = str(event.get("message") or "The engine reported an error")
     elif kind == protocol.CANCELLED:
-        job.final = kind
         state.state = 'cancelled'
         checkpoint = event.get("checkpoint")
-        state.message = f"Cancelled; checkpoint: {checkpoint}" if checkpoint else "Cancelled"
+        state.message = (f"Cancelled at iteration {event.get('iteration', state.iteration)}; Resume goes on "
+                         f"from the checkpoint" if checkpoint else "Cancelled")
+        state.resumable = bool(checkpoint)
     elif kind == protocol.DONE:
-        job.final = kind
         outputs = event.get("outputs") or {}
-        mesh_path = outputs.get("mesh") or os.path.join(job.job_dir, protocol.MESHES_DIR,
-                                                        protocol.STATIC_MESH_FILE)
-        state.mesh_path = mesh_path
+        if outputs.get("mesh"):
+            state.mesh_path = str(outputs["mesh"])
         state.progress = 1.0
+        state.eta_s = 0.0
+
+
+def _handle(job, event, state):
+    kind = event["event"]
+    if state is None:
+        return
+    if kind in (protocol.ERROR, protocol.CANCELLED, protocol.DONE):
+        job.final = kind
+    update_state(state, event)
+    if kind == protocol.STAGE and event.get("name") == "train" and isinstance(event.get("region"), dict):
+        _follow_region(job, event["region"])
+    elif kind == protocol.PREVIEW:
+        _show_preview(job, event.get("path"))
+    elif kind == protocol.ERROR:
+        state.resumable = has_checkpoint(job.job_dir)
+    elif kind == protocol.DONE:
+        mesh_path = state.mesh_path or os.path.join(job.job_dir, protocol.MESHES_DIR, protocol.STATIC_MESH_FILE)
+        state.mesh_path = mesh_path
         _remove_preview(job)
         try:
             obj = builders.build_mesh(mesh_path, _target_collection(job), name=_mesh_name(job))
@@ -340,8 +390,65 @@ def _handle(job, event, state):
             state.state = 'failed'
             state.message = f"The engine finished but its mesh cannot be imported: {exc}"
         else:
+            builders.show_color_attributes(bpy.context.window_manager)
             state.state = 'done'
             state.message = f"Imported '{obj.name}' ({len(obj.data.vertices)} vertices)"
+
+
+def has_checkpoint(job_dir):
+    folder = os.path.join(job_dir, protocol.CHECKPOINTS_DIR) if job_dir else ""
+    return bool(folder) and os.path.isdir(folder) and any(n.endswith(".pt") for n in os.listdir(folder))
+
+
+def resumable_job(scene):
+    """The scene's last job folder when it can be resumed (its configuration and a checkpoint are there)."""
+    last = scene.marble.last_job
+    if not last:
+        return None
+    job_dir = os.path.abspath(bpy.path.abspath(last))
+    if os.path.isfile(os.path.join(job_dir, protocol.CONFIG_FILE)) and has_checkpoint(job_dir):
+        return job_dir
+    return None
+
+
+def restore_state(scene, state):
+    """Show the last state of `scene`'s last job, read back from its events.jsonl (after a file load,
+    when no engine runs for it). Returns False when the scene has no job to show."""
+    last = scene.marble.last_job
+    job_dir = os.path.abspath(bpy.path.abspath(last)) if last else ""
+    events_path = os.path.join(job_dir, protocol.EVENTS_FILE) if job_dir else ""
+    state.state = 'idle'
+    state.progress = state.loss = state.psnr = state.eta_s = 0.0
+    state.iteration = state.total = 0
+    state.frame = -1
+    state.stage = state.message = state.device = state.mesh_path = ""
+    state.resumable = False
+    state.job_dir = job_dir
+    if not events_path or not os.path.isfile(events_path):
+        if job_dir:
+            state.message = f"The last job's folder is gone: {job_dir}"
+        return False
+    events = protocol.read_events(events_path)
+    final = None
+    for event in events:
+        update_state(state, event)
+        if event.get("event") in (protocol.ERROR, protocol.CANCELLED, protocol.DONE):
+            final = event["event"]
+        elif event.get("event") == protocol.STARTED:
+            final = None  # a resumed run starts over in the same file
+    if final == protocol.DONE:
+        state.state = 'done'
+        state.message = f"Finished; mesh: {state.mesh_path}" if state.mesh_path else "Finished"
+    elif final is None:
+        # No final event: the engine was stopped with Blender, or killed.
+        state.resumable = has_checkpoint(job_dir)
+        state.state = 'cancelled' if state.resumable else 'failed'
+        state.message = (f"Interrupted at iteration {state.iteration}" + ("; Resume goes on from the last "
+                         "checkpoint" if state.resumable else "; no checkpoint was saved, train again"))
+    else:
+        state.resumable = has_checkpoint(job_dir)
+    state.eta_s = 0.0
+    return True
 
 
 def _follow_region(job, reported):
@@ -372,15 +479,20 @@ def _mesh_name(job):
 
 
 def _show_preview(job, path):
-    """Replace the live preview object's mesh with the coarse mesh the engine just wrote."""
+    """Show the coarse mesh the engine just wrote on the one preview object: the first preview makes
+    it, later ones replace its mesh data in place."""
     if not path or not str(path).lower().endswith(".ply"):
         return
+    obj = bpy.data.objects.get(job.preview_name) if job.preview_name else None
     try:
-        obj = builders.build_mesh(path, _target_collection(job), name=f"{_mesh_name(job)} preview")
+        if obj is not None:
+            builders.replace_mesh(obj, path)
+        else:
+            obj = builders.build_mesh(path, _target_collection(job), name=f"{_mesh_name(job)} preview")
+            obj.display_type = 'SOLID'
+            job.preview_name = obj.name
     except (builders.MeshError, OSError):
         return  # a preview is a nicety; the final mesh still arrives
-    _remove_preview(job)
-    job.preview_name = obj.name
 
 
 def _remove_preview(job):
@@ -396,14 +508,21 @@ def _remove_preview(job):
 def _finish(job, returncode, state):
     _remove_preview(job)
     if state is not None and job.final is None:
+        state.resumable = has_checkpoint(job.job_dir)
         if job.cancel_requested_at is not None:
             state.state = 'cancelled'
             state.message = f"The engine stopped (exit code {returncode}) before confirming the cancel"
         else:
             tail = log_tail(job)
             state.state = 'failed'
-            state.message = (f"The engine exited with code {returncode} without finishing"
-                             + (f"; last lines of {job.log_path}:\n{tail}" if tail else ""))
+            if returncode < 0:
+                how = (f"The engine was stopped by signal {-returncode} (killed from outside, or the system ran "
+                       "out of memory: try the cpu preset or a lower mesh resolution)")
+            else:
+                how = f"The engine exited with code {returncode} without finishing"
+            if state.resumable:
+                how += "; Resume goes on from its last checkpoint"
+            state.message = how + (f"; last lines of {job.log_path}:\n{tail}" if tail else "")
     _clear(job)
 
 
@@ -483,10 +602,26 @@ def shutdown(timeout=5.0):
     _clear(job)
 
 
+@bpy.app.handlers.persistent
+def _on_load(_filepath=None):
+    """After a file load: show the state of the loaded scene's last job (unless a job runs now, whose
+    state the tick keeps)."""
+    if _job is not None:
+        return
+    state = _state()
+    scene = getattr(bpy.context, "scene", None)
+    if state is not None and scene is not None and hasattr(scene, "marble"):
+        restore_state(scene, state)
+
+
 def register():
     atexit.register(shutdown)  # Blender quitting must not leave an orphaned engine training
+    if _on_load not in bpy.app.handlers.load_post:
+        bpy.app.handlers.load_post.append(_on_load)
 
 
 def unregister():
+    if _on_load in bpy.app.handlers.load_post:
+        bpy.app.handlers.load_post.remove(_on_load)
     shutdown()
     atexit.unregister(shutdown)

@@ -1,14 +1,18 @@
 # SPDX-License-Identifier: GPL-3.0-or-later
-"""Add-on preferences: the Python interpreter that runs the engine (it needs torch)."""
+"""Add-on preferences: the Python interpreter that runs the engine (checked with `python -m engine
+doctor`), the job folder, and the defaults of new training runs."""
 import json
 import os
+import subprocess
 import sys
 
 import bpy
 
 from . import PACKAGE, ROOT
+from .props import DEVICES, PRESETS
 
 BUILD_INFO_FILE = "marble_build.json"  # written into the zip by build.py
+DOCTOR_TIMEOUT_S = 120.0                # importing torch the first time can take a while
 
 
 def _venv_python(folder):
@@ -53,6 +57,79 @@ def python_path():
     return os.path.abspath(bpy.path.abspath(python))
 
 
+def default_jobs_root():
+    return bpy.utils.extension_path_user(PACKAGE, path="jobs", create=True)
+
+
+def jobs_root():
+    """Where new job folders go: the preference when set and usable, else the extension's user folder.
+    Never inside the extension's own folder, which an update or uninstall replaces."""
+    prefs = get()
+    chosen = prefs.job_root.strip() if prefs is not None else ""
+    if chosen:
+        chosen = os.path.abspath(bpy.path.abspath(chosen))
+        if not is_inside(chosen, ROOT):
+            return chosen
+    return default_jobs_root()
+
+
+def is_inside(path, folder):
+    path, folder = os.path.realpath(path), os.path.realpath(folder)
+    return path == folder or path.startswith(folder.rstrip(os.sep) + os.sep)
+
+
+def run_doctor(python, root=None, timeout=DOCTOR_TIMEOUT_S):
+    """`python -m engine doctor` in the engine's interpreter: its report (a dict with "ok" and
+    "message"); a report with ok False and a message saying what to do when it cannot run at all."""
+    if not python:
+        return {"ok": False, "message": "No engine interpreter set: choose a Python that has torch installed"}
+    if not os.path.isfile(python):
+        return {"ok": False, "message": f"Not found: {python}"}
+    if not os.access(python, os.X_OK):
+        return {"ok": False, "message": f"Not executable: {python}"}
+    from .jobs import engine_environment, engine_root
+    root = root or engine_root()
+    try:
+        done = subprocess.run([python, "-m", "engine", "doctor"], cwd=root, env=engine_environment(root),
+                              capture_output=True, text=True, timeout=timeout, stdin=subprocess.DEVNULL,
+                              creationflags=getattr(subprocess, "CREATE_NO_WINDOW", 0))
+    except subprocess.TimeoutExpired:
+        return {"ok": False, "message": f"{python} did not answer within {timeout:.0f} s"}
+    except OSError as exc:
+        return {"ok": False, "message": f"Cannot run {python}: {exc.strerror or exc}"}
+    for line in reversed(done.stdout.splitlines()):
+        try:
+            report = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(report, dict) and "ok" in report:
+            return report
+    error = (done.stderr.strip().splitlines() or ["no output"])[-1]
+    return {"ok": False, "message": f"{python} is not a Python that can run the engine ({error})"}
+
+
+def check_engine(prefs, python=None):
+    """Run the doctor for the configured interpreter and keep its verdict in the preferences."""
+    python = python or python_path()
+    report = run_doctor(python)
+    prefs.engine_ok = bool(report.get("ok"))
+    prefs.engine_report = str(report.get("message") or ("Engine ready" if report.get("ok") else "Engine not usable"))
+    prefs.engine_checked = python
+    return report
+
+
+def _python_changed(self, context):
+    check_engine(self)
+
+
+def engine_verdict():
+    """(ok, message) of the last doctor check when it was for the interpreter now configured, else None."""
+    prefs = get()
+    if prefs is None or not prefs.engine_checked or prefs.engine_checked != python_path():
+        return None
+    return prefs.engine_ok, prefs.engine_report
+
+
 class MarblePreferences(bpy.types.AddonPreferences):
     bl_idname = PACKAGE
 
@@ -62,22 +139,71 @@ class MarblePreferences(bpy.types.AddonPreferences):
                     "(empty: the interpreter recorded when the extension was built)",
         subtype='FILE_PATH',
         default=default_python(),
+        update=_python_changed,
     )
+    job_root: bpy.props.StringProperty(
+        name="Job Folder",
+        description="Where new training jobs are written (empty: the extension's user folder; never "
+                    "inside the extension itself)",
+        subtype='DIR_PATH')
+    default_preset: bpy.props.EnumProperty(name="Default Preset", items=PRESETS, default='cpu')
+    default_device: bpy.props.EnumProperty(name="Default Device", items=DEVICES, default='auto')
+    preview_every: bpy.props.IntProperty(
+        name="Preview Interval", default=100, min=0, soft_max=5000,
+        description="Show a coarse preview mesh every this many iterations while training (0: none)")
+    engine_ok: bpy.props.BoolProperty(name="Engine Ready", options={'SKIP_SAVE'})
+    engine_report: bpy.props.StringProperty(name="Engine Check", options={'SKIP_SAVE'})
+    engine_checked: bpy.props.StringProperty(name="Checked Interpreter", options={'SKIP_SAVE'})
 
     def draw(self, context):
         layout = self.layout
-        layout.prop(self, "python")
+        row = layout.row(align=True)
+        row.prop(self, "python")
+        row.operator("marble.check_engine", text="", icon='FILE_REFRESH')
         python = python_path()
+        verdict = engine_verdict()
         if not python:
             layout.label(text="No engine interpreter set: choose a Python that has torch installed",
                          icon='ERROR')
         elif not os.path.isfile(python):
             layout.label(text=f"Not found: {python}", icon='ERROR')
+        elif verdict is None:
+            layout.label(text="Not checked yet: press the refresh button", icon='QUESTION')
+        else:
+            layout.label(text=verdict[1], icon='CHECKMARK' if verdict[0] else 'ERROR')
+        layout.prop(self, "job_root")
+        if self.job_root.strip() and is_inside(os.path.abspath(bpy.path.abspath(self.job_root)), ROOT):
+            layout.label(text="Inside the extension's folder: jobs go to the default folder instead",
+                         icon='ERROR')
+        row = layout.row()
+        row.prop(self, "default_preset")
+        row.prop(self, "default_device")
+        layout.prop(self, "preview_every")
+
+
+class MARBLE_OT_check_engine(bpy.types.Operator):
+    """Check the engine's Python: torch, the device it trains on, missing packages"""
+    bl_idname = "marble.check_engine"
+    bl_label = "Check Engine"
+
+    def execute(self, context):
+        prefs = get()
+        if prefs is None:
+            self.report({'ERROR'}, "Marble is not enabled")
+            return {'CANCELLED'}
+        report = check_engine(prefs)
+        self.report({'INFO'} if report.get("ok") else {'ERROR'}, prefs.engine_report)
+        return {'FINISHED'} if report.get("ok") else {'CANCELLED'}
+
+
+CLASSES = (MarblePreferences, MARBLE_OT_check_engine)
 
 
 def register():
-    bpy.utils.register_class(MarblePreferences)
+    for cls in CLASSES:
+        bpy.utils.register_class(cls)
 
 
 def unregister():
-    bpy.utils.unregister_class(MarblePreferences)
+    for cls in reversed(CLASSES):
+        bpy.utils.unregister_class(cls)

@@ -3,6 +3,7 @@
 running job's state, which lives only as long as the session)."""
 import bpy
 
+DEFAULT_ITEM = ('default', "Default", "The default chosen in Preferences > Add-ons > Marble")
 PRESETS = (
     ('cpu', "CPU", "Small model sized for a laptop processor"),
     ('fast', "Fast", "NeuS2-style: progressive hash-grid levels, about 15k iterations on a GPU"),
@@ -35,18 +36,27 @@ class MarbleSceneSettings(bpy.types.PropertyGroup):
         name="Region", type=bpy.types.Object, poll=lambda self, obj: obj.type == 'EMPTY',
         description="Empty whose sphere is the region to reconstruct: move and scale it to change "
                     "what training reconstructs")
-    preset: bpy.props.EnumProperty(name="Preset", items=PRESETS, default='cpu')
+    preset: bpy.props.EnumProperty(name="Preset", items=(DEFAULT_ITEM,) + PRESETS, default='default')
     iterations: bpy.props.IntProperty(
         name="Iterations", description="Training iterations (0: the preset's default)",
         default=0, min=0, soft_max=100000)
     resolution: bpy.props.IntProperty(
         name="Mesh Resolution", description="Marching-cubes grid resolution of the extracted mesh",
         default=256, min=16, max=2048)
-    device: bpy.props.EnumProperty(name="Device", items=DEVICES, default='auto')
+    device: bpy.props.EnumProperty(name="Device", items=(DEFAULT_ITEM,) + DEVICES, default='default')
+    use_masks: bpy.props.BoolProperty(
+        name="Use Masks", default=True,
+        description="Train with the rig's object masks (alpha or mask images) when it has them; off: "
+                    "reconstruct the whole view, with a background model behind the region")
     job_dir: bpy.props.StringProperty(
         name="Job Folder",
-        description="Where the engine writes its job (empty: a new folder in the extension's user folder)",
+        description="Where the engine writes its job (empty: a new folder in the job folder of the "
+                    "preferences)",
         subtype='DIR_PATH')
+    last_job: bpy.props.StringProperty(
+        name="Last Job", subtype='DIR_PATH',
+        description="The job folder of this scene's last training run (saved with the file, so its state "
+                    "shows again when the file is reopened)")
 
 
 class MarbleJobState(bpy.types.PropertyGroup):
@@ -58,10 +68,13 @@ class MarbleJobState(bpy.types.PropertyGroup):
     psnr: bpy.props.FloatProperty(name="PSNR")
     eta_s: bpy.props.FloatProperty(name="ETA", description="Estimated seconds left")
     stage: bpy.props.StringProperty(name="Stage")
+    frame: bpy.props.IntProperty(name="Frame", default=-1, description="Frame being trained (-1: a static job)")
     message: bpy.props.StringProperty(name="Message")
     job_dir: bpy.props.StringProperty(name="Job Folder", subtype='DIR_PATH')
     mesh_path: bpy.props.StringProperty(name="Mesh", subtype='FILE_PATH')
     device: bpy.props.StringProperty(name="Device", description="Device and backend the engine reported")
+    resumable: bpy.props.BoolProperty(name="Resumable",
+                                      description="The stopped job has a checkpoint to go on from")
 
 
 EXPORT_STATES = (

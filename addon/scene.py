@@ -498,11 +498,11 @@ def rig_summary(collection):
 # ---------------------------------------------------------------------------------------------
 # Meshes
 
-def build_mesh(path, collection, name=None):
-    """Import the PLY at `path` as a new object linked into `collection`; returns the object.
+def mesh_from_ply(path, name=None):
+    """A new mesh datablock from the PLY at `path` (no object).
 
     Vertex colours become the point colour attribute "Color" (sRGB bytes, as the file stores them)
-    and the object gets a material that shows that attribute.
+    and the mesh gets a material that shows that attribute.
     """
     vertices, starts, loops, colours = read_ply(path)
     name = name or os.path.splitext(os.path.basename(path))[0]
@@ -529,11 +529,48 @@ def build_mesh(path, collection, name=None):
             mesh.color_attributes.active_color = attribute
             mesh.color_attributes.render_color_index = mesh.color_attributes.active_color_index
             mesh.materials.append(vertex_color_material())
-        obj = bpy.data.objects.new(name, mesh)
+    except Exception:
+        _remove([mesh])
+        raise
+    return mesh
+
+
+def build_mesh(path, collection, name=None):
+    """Import the PLY at `path` as a new object linked into `collection`; returns the object."""
+    mesh = mesh_from_ply(path, name)
+    try:
+        obj = bpy.data.objects.new(mesh.name if name is None else name, mesh)
         collection.objects.link(obj)
     except Exception:
         _remove([mesh])
         raise
+    return obj
+
+
+def show_color_attributes(window_manager):
+    """Make Solid shading in every 3D viewport show colour attributes (Solid mode ignores materials'
+    node colours): the imported meshes' vertex colours show there as in Material Preview."""
+    count = 0
+    for window in getattr(window_manager, "windows", []):
+        screen = window.screen
+        for area in (screen.areas if screen is not None else []):
+            for space in area.spaces:
+                if space.type == 'VIEW_3D':
+                    # Called 'VERTEX' in the API though the interface says "Attribute".
+                    choices = space.shading.bl_rna.properties["color_type"].enum_items.keys()
+                    space.shading.color_type = 'ATTRIBUTE' if 'ATTRIBUTE' in choices else 'VERTEX'
+                    count += 1
+    return count
+
+
+def replace_mesh(obj, path):
+    """Give `obj` the mesh of the PLY at `path` in place of its own (same object, new mesh data; the
+    old mesh is freed). The file is read first: a bad file leaves the object as it was."""
+    mesh = mesh_from_ply(path, obj.data.name if obj.data is not None else None)
+    old = obj.data
+    obj.data = mesh
+    if old is not None and old.users == 0:
+        bpy.data.meshes.remove(old)
     return obj
 
 

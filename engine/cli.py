@@ -1,4 +1,8 @@
-"""`python -m engine`: train a job, or re-extract a job's mesh from its checkpoint."""
+"""`python -m engine`: train a job, or re-extract a job's mesh from its checkpoint.
+
+Only the standard library is imported up front: `doctor` must run in a Python without torch or numpy,
+and `train` there must still print an error event saying what is missing.
+"""
 import argparse
 import math
 import os
@@ -6,18 +10,27 @@ import sys
 import traceback
 
 from . import protocol
-from .config import PRESETS, Config, InputError, preset
 from .events import CancelWatch, Emitter
-from .rig import RigError, load_rig
+
+
+def preset_names():
+    """The presets' names for argparse; None (any name) where config cannot be imported for want of
+    torch, so that the command still parses and reports the missing package."""
+    try:
+        from .config import PRESETS
+    except ModuleNotFoundError:
+        return None
+    return PRESETS
 
 
 def parse_args(argv):
+    presets = preset_names()
     parser = argparse.ArgumentParser(prog="python -m engine", description="Marble's reconstruction engine.")
     sub = parser.add_subparsers(dest="command", required=True)
     train = sub.add_parser("train", help="train on a rig and write the job's mesh")
     train.add_argument("--data", required=True, help="transforms.json, or a folder holding one")
     train.add_argument("--out", required=True, help="job directory (created)")
-    train.add_argument("--preset", choices=PRESETS, default="cpu")
+    train.add_argument("--preset", choices=presets, default="cpu")
     train.add_argument("--iterations", type=int, help="training steps (default: the preset's)")
     train.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
     train.add_argument("--resolution", type=int, help="marching cubes resolution (default: the preset's)")
@@ -32,22 +45,29 @@ def parse_args(argv):
                        help="hold out every Nth view (index %% N == 0) for `evaluate`")
     train.add_argument("--largest-component", action="store_true",
                        help="keep only the largest connected piece of the mesh")
+    train.add_argument("--no-masks", action="store_true",
+                       help="ignore the images' alpha and the mask files: train on the full pictures, "
+                            "with the background model (data.use_masks=false)")
     train.add_argument("--set", action="append", default=[], metavar="SECTION.FIELD=VALUE",
                        help="override one field of the preset, e.g. render.sampler=hierarchical, "
                             "train.gradient=analytic, train.mixed_precision=off (repeatable; "
                             "`python -m engine preset NAME` lists the fields)")
     show = sub.add_parser("preset", help="print a preset's full configuration as JSON")
-    show.add_argument("name", choices=PRESETS)
+    show.add_argument("name", choices=presets)
     extract = sub.add_parser("extract", help="extract the mesh of a job from its last checkpoint")
     extract.add_argument("job", help="job directory")
     extract.add_argument("--resolution", type=int)
     evaluate = sub.add_parser("evaluate", help="render a job's held-out views and report PSNR and mask IoU")
     evaluate.add_argument("job", help="job directory")
     evaluate.add_argument("--downscale", type=int, help="render at 1/N size (default: the training size)")
+    curves = sub.add_parser("curves", help=f"(re)draw a job's loss and PSNR curves into JOB/{protocol.CURVES_FILE}")
+    curves.add_argument("job", help="job directory")
+    sub.add_parser("doctor", help="report (one JSON line) whether this Python can run the engine, and on what")
     return parser.parse_args(argv)
 
 
 def resolve_config(args):
+    from .config import Config, InputError, preset
     saved = os.path.join(args.out, protocol.CONFIG_FILE)
     if args.resume and os.path.exists(saved):
         cfg = Config.from_dict(_read_json(saved))
@@ -74,6 +94,8 @@ def resolve_config(args):
             setattr(cfg.data, name, value)
     if args.largest_component:
         cfg.mesh.largest_component = True
+    if args.no_masks:
+        cfg.data.use_masks = False
     for assignment in args.set:
         cfg.set(assignment)
     cfg.device = args.device
@@ -89,6 +111,8 @@ def _read_json(path):
 def run_train(args, out):
     import torch  # the engine's heavy imports happen after the job exists, so errors are reported
 
+    from .config import InputError
+    from .rig import load_rig
     from .train import Cancelled, Trainer, resolve_device, write_config
     cfg = resolve_config(args)
     if args.region is not None and not (all(map(math.isfinite, args.region)) and args.region[3] > 0):
@@ -116,6 +140,8 @@ def run_train(args, out):
 
 def load_job(job, out):
     """A Trainer restored from a finished (or cancelled) job's last checkpoint."""
+    from .config import Config, InputError
+    from .rig import load_rig
     from .train import Trainer
     if not os.path.isfile(os.path.join(job, protocol.CONFIG_FILE)):
         raise InputError(f"{job}: not a job directory (no {protocol.CONFIG_FILE})")
@@ -153,20 +179,42 @@ def run_evaluate(args, out):
     return protocol.EXIT_OK
 
 
+def run_curves(args, out):
+    """Redraw JOB/curves.png from the job's events (read only: the job's events.jsonl is left as it is)."""
+    from .config import InputError
+    from .curves import write_curves
+    events_path = os.path.join(args.job, protocol.EVENTS_FILE)
+    if not os.path.isfile(events_path):
+        raise InputError(f"{args.job}: not a job directory (no {protocol.EVENTS_FILE})")
+    path = os.path.join(args.job, protocol.CURVES_FILE)
+    write_curves(protocol.read_events(events_path), path)
+    out.emit(protocol.DONE, outputs={"curves": path})
+    return protocol.EXIT_OK
+
+
 def run_show_preset(args, out):
     import json
+
+    from .config import preset
     print(json.dumps(preset(args.name).to_dict(), indent=2))
     return protocol.EXIT_OK
 
 
 def main(argv=None):
     args = parse_args(sys.argv[1:] if argv is None else argv)
+    if args.command == "doctor":  # no events: one JSON report, whatever this Python lacks
+        from .doctor import main as doctor
+        return doctor()
     out = Emitter()
+    bad_input = ()  # the types below once they import: without torch, importing config is what fails
     try:
+        from .config import InputError
+        from .rig import RigError
+        bad_input = (RigError, InputError)
         commands = {"train": run_train, "extract": run_extract, "evaluate": run_evaluate,
-                    "preset": run_show_preset}
+                    "preset": run_show_preset, "curves": run_curves}
         return commands[args.command](args, out)
-    except (RigError, InputError) as exc:
+    except bad_input as exc:
         # Bad input: one error event a user can act on, no traceback.
         out.log(f"error: {exc}")
         out.emit(protocol.ERROR, message=str(exc))
@@ -176,6 +224,12 @@ def main(argv=None):
                                          "--resolution, or close other programs")
         return protocol.EXIT_FAILED
     except Exception as exc:  # a bug or a resource failure: still one error event, the traceback on stderr
+        from .doctor import engine_package, missing_module_message
+        if isinstance(exc, ModuleNotFoundError) and engine_package(exc.name):
+            # The engine's Python lacks torch (or numpy, ...): say which, and how to get a Python that has it.
+            out.log(f"error: {exc}")
+            out.emit(protocol.ERROR, message=missing_module_message(exc.name))
+            return protocol.EXIT_FAILED
         traceback.print_exc()
         message = str(exc)
         if "out of memory" in message.lower():

@@ -71,6 +71,7 @@ class MeshConfig:
 class DataConfig:
     downscale: int = 1             # train on images 1/downscale the size (area averaged)
     holdout_every: int = 0         # hold out every Nth view (index % N == 0) for evaluation; 0: none
+    use_masks: bool = True         # False: ignore alpha channels and mask files (the background model is used)
 
 
 @dataclass

@@ -185,9 +185,12 @@ def estimate_normalization(views, masks, margin=1.1):
 
 
 class RayDataset:
-    """All pixels of all views, with per-view cameras in normalised space, for random ray batches."""
+    """All pixels of all views, with per-view cameras in normalised space, for random ray batches.
 
-    def __init__(self, rig, background=0.0, normalization=None, downscale=1):
+    use_masks=False ignores the images' alpha and the mask files (RGB as stored, nothing composited):
+    for captures whose masks are wrong or cut the object, trained as unmasked with the background model."""
+
+    def __init__(self, rig, background=0.0, normalization=None, downscale=1, use_masks=True):
         views = [downscaled_view(v, downscale) for v in rig.views]
         rgbs, masks, any_alpha = [], [], False
         for i, (view, full) in enumerate(zip(views, rig.views)):
@@ -197,7 +200,9 @@ class RayDataset:
                                f"says {full.width}x{full.height}")
             size = (view.width, view.height) if downscale > 1 else None
             rgb, alpha = load_image(view.image_path, f"view {i} of {rig.path}", size)
-            if view.mask_path:
+            if not use_masks:
+                alpha = None
+            elif view.mask_path:
                 m, _ = load_image(view.mask_path, f"mask of view {i}", size)
                 alpha = (m[..., 0] > 0.5).astype(np.float32)
             any_alpha |= alpha is not None

@@ -49,7 +49,7 @@ def evaluate_views(trainer, views, downscale, out_dir):
         if full.mask_path:
             alpha = load_image(full.mask_path, f"mask of held-out view {i}", size)[0][..., 0]
         mask = None if alpha is None else (alpha > 0.5).astype(np.float32)
-        if mask is not None:
+        if mask is not None and trainer.cfg.data.use_masks:  # trained without masks: the whole photograph
             gt = gt * mask[..., None] + background * (1 - mask[..., None])
         pred, opacity = render_view(trainer, view)
         mse = float(((pred - gt) ** 2).mean())

@@ -38,6 +38,7 @@ MESHES_DIR = "meshes"
 PREVIEWS_DIR = "previews"
 STATIC_MESH_FILE = "mesh.ply"
 LOG_FILE = "engine.log"  # stderr of the engine, kept by the add-on
+CURVES_FILE = "curves.png"  # loss and PSNR against iteration, redrawn at each checkpoint
 
 
 def make_event(kind, t, **fields):

@@ -98,14 +98,14 @@ class Trainer:
             normalization = None
         self.rig.views, self.held_out = self.select_views(self.rig.views)
         self.data = RayDataset(self.rig, background=self.cfg.render.background, normalization=normalization,
-                               downscale=self.cfg.data.downscale)
+                               downscale=self.cfg.data.downscale, use_masks=self.cfg.data.use_masks)
         for message in self.rig.warnings + self.data.warnings:
             self.out.warn(message)
         self.data.normalization.save(norm_path)
         n = self.data.normalization
-        self.out.log(f"{len(self.rig.views)} views, {self.data.pixel_count} pixels, masks: "
-                     f"{'yes' if self.data.has_masks else 'no'}; region: centre {np.round(n.center, 4).tolist()}, "
-                     f"radius {n.radius:.4g}")
+        masks = "yes" if self.data.has_masks else "no" if self.cfg.data.use_masks else "no (data.use_masks is off)"
+        self.out.log(f"{len(self.rig.views)} views, {self.data.pixel_count} pixels, masks: {masks}; "
+                     f"region: centre {np.round(n.center, 4).tolist()}, radius {n.radius:.4g}")
         use_background = self.cfg.render.background_model == "auto" and not self.data.has_masks
         self.model = SDFModel(self.cfg, background=use_background).to(self.device)
         self.amp_dtype = mixed_precision_dtype(self.cfg.train.mixed_precision, self.device)
@@ -158,7 +158,21 @@ class Trainer:
         os.replace(path + ".tmp", path)
         for old in sorted(glob.glob(os.path.join(self.job_dir, protocol.CHECKPOINTS_DIR, "step_*.pt")))[:-2]:
             os.remove(old)  # keep the last two: one may be half-read by a concurrent extract
+        self.write_curves()
         return path
+
+    def write_curves(self):
+        """Redraw JOB/curves.png from the job's events so far. Called with every checkpoint, which is
+        also what happens on cancel and when training ends; a picture that fails never stops training."""
+        events = os.path.join(self.job_dir, protocol.EVENTS_FILE)
+        if not os.path.isfile(events):  # a Trainer driven without an event log (tests, scripts)
+            return
+        path = os.path.join(self.job_dir, protocol.CURVES_FILE)
+        try:
+            from .curves import write_curves
+            write_curves(protocol.read_events(events), path)
+        except (ImportError, OSError, ValueError) as exc:
+            self.out.log(f"warning: could not draw {path}: {exc}")
 
     def load_checkpoint(self, path):
         state = torch.load(path, map_location=self.device, weights_only=False)

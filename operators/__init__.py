@@ -2,9 +2,9 @@
 """Operators: one module per user action."""
 import bpy
 
-from . import import_rig, export_rig, import_mesh, train
+from . import import_rig, export_rig, import_mesh, results, train
 
-MODULES = (import_rig, export_rig, import_mesh, train)
+MODULES = (import_rig, export_rig, import_mesh, train, results)
 
 
 def register():

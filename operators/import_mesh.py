@@ -38,6 +38,7 @@ class MARBLE_OT_import_mesh(bpy.types.Operator, ImportHelper):
         except builders.MeshError as exc:
             self.report({'ERROR'}, str(exc))
             return {'CANCELLED'}
+        builders.show_color_attributes(context.window_manager)
         self.report({'INFO'}, f"Imported '{obj.name}': {len(obj.data.vertices)} vertices, "
                               f"{len(obj.data.polygons)} faces")
         return {'FINISHED'}

@@ -20,6 +20,25 @@ class MARBLE_OT_train(bpy.types.Operator):
         return {'FINISHED'}
 
 
+class MARBLE_OT_resume(bpy.types.Operator):
+    """Go on training the scene's stopped job from its last checkpoint (runs in the background)"""
+    bl_idname = "marble.resume"
+    bl_label = "Resume"
+
+    @classmethod
+    def poll(cls, context):
+        return not jobs.is_running() and jobs.resumable_job(context.scene) is not None
+
+    def execute(self, context):
+        try:
+            job = jobs.start(context, resume=True)
+        except jobs.JobError as exc:
+            self.report({'ERROR'}, str(exc))
+            return {'CANCELLED'}
+        self.report({'INFO'}, f"Resuming the job in {job.job_dir}")
+        return {'FINISHED'}
+
+
 class MARBLE_OT_cancel(bpy.types.Operator):
     """Stop the running training job (the engine saves a checkpoint first)"""
     bl_idname = "marble.cancel"
@@ -33,4 +52,4 @@ class MARBLE_OT_cancel(bpy.types.Operator):
         return {'FINISHED'}
 
 
-CLASSES = (MARBLE_OT_train, MARBLE_OT_cancel)
+CLASSES = (MARBLE_OT_train, MARBLE_OT_resume, MARBLE_OT_cancel)

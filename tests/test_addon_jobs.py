@@ -18,6 +18,9 @@ import json, os, sys, time
 import numpy as np
 
 args = sys.argv[1:]
+if args[:1] == ["doctor"]:
+    print(json.dumps({"ok": True, "message": "fake engine ready"}))
+    sys.exit(0)
 def option(name):
     return args[args.index(name) + 1] if name in args else None
 
@@ -146,6 +149,10 @@ def test_train_runs_to_done_and_imports_mesh(fake_engine, monkeypatch):
     assert len(meshes[0].data.vertices) == 12 and len(meshes[0].data.polygons) == 20
     assert "Color" in meshes[0].data.color_attributes
     assert "Imported 'fakerig mesh'" in state.message
+    # Solid shading in the 3D viewports shows the colour attribute, as Material Preview does.
+    spaces = [s for w in bpy.context.window_manager.windows for a in w.screen.areas for s in a.spaces
+              if s.type == 'VIEW_3D']
+    assert all(s.shading.color_type == 'VERTEX' for s in spaces)
 
     with open(os.path.join(fake_engine.job_dir, "argv.json")) as f:
         recorded = json.load(f)
@@ -217,7 +224,7 @@ def test_process_killed_from_outside_fails(fake_engine, monkeypatch):
     run_ticks(jobs, until=lambda: state.iteration == 4)
     jobs.current_job().process.kill()
     run_ticks(jobs)
-    assert state.state == 'failed' and "without finishing" in state.message
+    assert state.state == 'failed' and "stopped by signal 9" in state.message
 
 
 def test_cancel_escalates_to_kill(fake_engine, monkeypatch):

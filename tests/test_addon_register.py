@@ -34,10 +34,16 @@ def test_extension_registers(marble):
 
     settings = bpy.context.scene.marble
     assert (settings.rig_path, settings.preset, settings.iterations, settings.resolution,
-            settings.device, settings.job_dir) == ("", 'cpu', 0, 256, 'auto', "")
+            settings.device, settings.use_masks, settings.job_dir) == ("", 'default', 0, 256, 'default', True, "")
+    # 'default' means the preferences' choice.
+    assert (marble.prefs.default_preset, marble.prefs.default_device, marble.prefs.preview_every) == ('cpu', 'auto', 100)
+    for name in ("MARBLE_PT_rig", "MARBLE_PT_train", "MARBLE_PT_job", "MARBLE_PT_results"):
+        assert getattr(bpy.types, name).bl_parent_id == "MARBLE_PT_main", name
+    for op in ("resume", "show_curves", "open_job_folder", "check_engine"):
+        assert hasattr(bpy.ops.marble, op), op
     job = bpy.context.window_manager.marble_job
-    for name in ("state", "progress", "iteration", "total", "loss", "psnr", "eta_s", "stage", "message",
-                 "job_dir", "mesh_path"):
+    for name in ("state", "progress", "iteration", "total", "loss", "psnr", "eta_s", "stage", "frame", "message",
+                 "job_dir", "mesh_path", "resumable"):
         assert name in job.bl_rna.properties, name
     assert job.state == 'idle'
     assert {item.identifier for item in job.bl_rna.properties["state"].enum_items} == {
@@ -89,6 +95,22 @@ class RecordingLayout:
         self.calls.append(("progress", factor, text))
 
 
+PANELS = ("MARBLE_PT_main", "MARBLE_PT_rig", "MARBLE_PT_train", "MARBLE_PT_job", "MARBLE_PT_results")
+
+
+def draw_panels(calls):
+    """Draw the parent panel and every sub-panel whose poll passes, as Blender would."""
+    for name in PANELS:
+        panel = getattr(bpy.types, name)
+        poll = getattr(panel, "poll", None)
+        if poll is not None and not poll(bpy.context):
+            continue
+        fake = type("FakePanel", (), {"layout": RecordingLayout(calls)})()
+        if hasattr(panel, "draw_header"):
+            panel.draw_header(fake, bpy.context)
+        panel.draw(fake, bpy.context)
+
+
 @pytest.mark.parametrize("state", ['idle', 'running', 'failed', 'done'])
 def test_panel_draws(marble, state):
     job = bpy.context.window_manager.marble_job
@@ -96,28 +118,26 @@ def test_panel_draws(marble, state):
     job.progress, job.iteration, job.total, job.loss, job.psnr, job.eta_s = 0.25, 250, 1000, 0.0123, 27.5, 95.0
     job.message = "first line\n" + "a long message " * 10
     calls = []
-    panel = bpy.types.MARBLE_PT_main
-    fake = type("FakePanel", (), {"layout": RecordingLayout(calls)})()
-    panel.draw(fake, bpy.context)
+    draw_panels(calls)
     ops = [c[1] for c in calls if c[0] == "operator"]
-    assert {"marble.import_rig", "marble.export_rig", "marble.train", "marble.import_mesh"} <= set(ops)
+    assert {"marble.import_rig", "marble.export_rig", "marble.train", "marble.import_mesh", "marble.show_curves",
+            "marble.open_job_folder"} <= set(ops)
     labels = " | ".join(c[1] for c in calls if c[0] == "label")
     assert "No rig imported" in labels
     if state == 'idle':
         assert not any(c[0] == "progress" for c in calls)
     else:
-        assert ("progress", 0.25, "25%") in calls
+        expected = "25%, 1:35 left" if state == 'running' else "25%"  # the ETA only while it runs
+        assert ("progress", 0.25, expected) in calls
         assert "Iteration: 250 / 1000" in labels and "Loss: 0.0123" in labels and "PSNR: 27.50 dB" in labels
         assert "first line" in labels
-    if state == 'running':
-        assert "ETA: 1:35" in labels
     assert "marble.cancel" not in ops  # only while a job process actually runs
+    assert "marble.resume" not in ops  # only for a stopped job with a checkpoint
 
 
 def _draw():
     calls = []
-    fake = type("FakePanel", (), {"layout": RecordingLayout(calls)})()
-    bpy.types.MARBLE_PT_main.draw(fake, bpy.context)
+    draw_panels(calls)
     return calls, " | ".join(c[1] for c in calls if c[0] == "label")
 
 
@@ -126,7 +146,7 @@ def test_panel_shows_rig_region_and_export(marble, tmp_path):
 
     bpy.ops.marble.import_rig(filepath=make_rig(tmp_path, ring_cameras(count=4), name="studio"))
     calls, labels = _draw()
-    assert "studio: 4 cameras" in labels and "frames" not in labels
+    assert "studio: 4 cameras, 1 frame" in labels
     assert ("prop", "region") in calls and "Region: automatic" in labels
     bpy.context.scene.marble.region.location.x += 1.0
     calls, labels = _draw()

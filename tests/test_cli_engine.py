@@ -223,7 +223,7 @@ def test_holdout_downscale_and_evaluate(tmp_path):
                                     "16", "--downscale", "2", "--holdout-every", "4"])
     assert code == 0, err
     started = events[0]
-    assert started["config"]["data"] == {"downscale": 2, "holdout_every": 4}
+    assert started["config"]["data"] == {"downscale": 2, "holdout_every": 4, "use_masks": True}
     assert "6 views, 1152 pixels" in err  # 8 views minus 2 held out, at 16x12
     code, events, err = run_engine(["evaluate", job])
     assert code == 0, err
@@ -270,3 +270,89 @@ def test_set_overrides_choose_the_alternative_methods(tmp_path, tiny_rig):
     assert progress and all(math.isfinite(e["loss"]) for e in progress)
     assert_one_error(*run_engine(["train", "--data", tiny_rig, "--out", str(tmp_path / "j2"),
                                   "--set", "render.sampler=stratified"]), "render.sampler", "occupancy")
+
+
+def test_a_finished_run_leaves_its_curves(tmp_path, tiny_rig):
+    import numpy as np
+    from PIL import Image
+
+    from engine.curves import PSNR_COLOR, SIZE
+    job = str(tmp_path / "job")
+    code, events, err = run_engine(["train", "--data", tiny_rig, "--out", job, "--iterations", "3",
+                                    "--resolution", "16"])
+    assert code == 0, err
+    assert events[-1]["event"] == protocol.DONE
+    with Image.open(os.path.join(job, protocol.CURVES_FILE)) as im:
+        assert im.size == SIZE
+        pixels = np.asarray(im.convert("RGB"))
+    assert (pixels == PSNR_COLOR).all(-1).any()  # the run's progress is on it
+    assert not os.path.exists(os.path.join(job, protocol.CURVES_FILE + ".tmp.png"))
+
+
+def test_train_without_torch_says_how_to_get_it(tmp_path, tiny_rig):
+    """The add-on pointed at a Python without torch: one error event naming the fix, not a traceback."""
+    hidden = tmp_path / "hidden" / "torch"
+    hidden.mkdir(parents=True)
+    (hidden / "__init__.py").write_text("raise ModuleNotFoundError(\"No module named 'torch'\", name='torch')\n")
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(hidden.parent), REPO]), PYTHONUNBUFFERED="1")
+    job = str(tmp_path / "job")
+    proc = subprocess.run([sys.executable, "-m", "engine", "train", "--data", tiny_rig, "--out", job],
+                          cwd=REPO, env=env, text=True, stdin=subprocess.DEVNULL, capture_output=True, timeout=120)
+    assert proc.returncode == protocol.EXIT_FAILED, proc.stderr
+    events = [protocol.decode(line) for line in proc.stdout.splitlines()]
+    assert [e["event"] for e in events] == [protocol.ERROR], proc.stdout
+    message = events[0]["message"]
+    assert "has no torch" in message and sys.executable in message
+    assert "Preferences > Add-ons > Marble" in message and "python3 build.py setup" in message
+    assert "Traceback" not in proc.stderr
+    assert not os.path.exists(job)
+
+
+def write_half_masked_images(rig):
+    """Make the rig's images RGBA: the left half transparent (alpha 0), the right half opaque; RGB a
+    flat (200, 100, 50) everywhere. Returns that colour in [0, 1]."""
+    import numpy as np
+    from PIL import Image
+
+    folder = os.path.join(os.path.dirname(rig), "images")
+    for name in os.listdir(folder):
+        path = os.path.join(folder, name)
+        with Image.open(path) as im:
+            width, height = im.size
+        pixels = np.zeros((height, width, 4), dtype=np.uint8)
+        pixels[..., :3] = (200, 100, 50)
+        pixels[:, width // 2:, 3] = 255
+        Image.fromarray(pixels, "RGBA").save(path)
+    return [200 / 255, 100 / 255, 50 / 255]
+
+
+def test_use_masks_off_reads_the_images_as_unmasked(tiny_rig):
+    import numpy as np
+
+    from engine.config import Config, preset
+    from engine.data import Normalization, RayDataset
+    from engine.rig import load_rig
+    rgb = write_half_masked_images(tiny_rig)
+    unit = Normalization(np.zeros(3), 1.0)
+    masked = RayDataset(load_rig(tiny_rig), background=0.0, normalization=unit)
+    assert masked.has_masks and 0 < float(masked.mask.mean()) < 1
+    assert np.allclose(masked.rgb[masked.mask == 0].numpy(), 0.0)  # composited onto the background
+    plain = RayDataset(load_rig(tiny_rig), background=0.0, normalization=unit, use_masks=False)
+    assert not plain.has_masks and plain.mask is None and plain.masks_np is None
+    assert np.allclose(plain.rgb.numpy(), rgb, atol=1e-6)  # RGB as stored, alpha dropped
+    cfg = preset("cpu")
+    assert cfg.data.use_masks is True
+    cfg.set("data.use_masks=false")
+    assert cfg.data.use_masks is False
+    old = preset("cpu").to_dict()
+    del old["data"]["use_masks"]  # a job's config.json from before the switch
+    assert Config.from_dict(old).data.use_masks is True
+
+
+def test_no_masks_trains_without_them(tmp_path, tiny_rig):
+    write_half_masked_images(tiny_rig)
+    code, events, err = run_engine(["train", "--data", tiny_rig, "--out", str(tmp_path / "job"), "--iterations",
+                                    "2", "--resolution", "16", "--no-masks"])
+    assert code == 0, err
+    assert events[0]["event"] == protocol.STARTED and events[0]["config"]["data"]["use_masks"] is False
+    assert "masks: no (data.use_masks is off)" in err

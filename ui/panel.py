@@ -48,84 +48,141 @@ def _export_status(layout, state):
         _wrapped_labels(col, state.message, icon='ERROR' if state.state == 'failed' else 'INFO')
 
 
-class MARBLE_PT_main(bpy.types.Panel):
-    bl_label = "Marble"
-    bl_idname = "MARBLE_PT_main"
+class MarblePanel:
     bl_space_type = 'VIEW_3D'
     bl_region_type = 'UI'
     bl_category = "Marble"
 
+
+class MarbleSubPanel(MarblePanel):
+    """A sub-panel of MARBLE_PT_main with an icon in its header."""
+    bl_parent_id = "MARBLE_PT_main"
+    header_icon = 'NONE'
+
+    def draw_header(self, context):
+        self.layout.label(icon=self.header_icon)
+
+
+class MARBLE_PT_main(MarblePanel, bpy.types.Panel):
+    """The parent panel: a one-line status; the work is in the sub-panels."""
+    bl_label = "Marble"
+    bl_idname = "MARBLE_PT_main"
+
+    def draw(self, context):
+        job = context.window_manager.marble_job
+        if job.state == 'idle':
+            self.layout.label(text="Import a rig, then Train")
+        else:
+            self.layout.label(text=f"Job: {job.state.capitalize()}", icon=STATE_ICONS.get(job.state, 'INFO'))
+
+
+class MARBLE_PT_rig(MarbleSubPanel, bpy.types.Panel):
+    bl_label = "Rig"
+    bl_idname = "MARBLE_PT_rig"
+    header_icon = 'OUTLINER_OB_CAMERA'
+
     def draw(self, context):
         layout = self.layout
         settings = context.scene.marble
-        job = context.window_manager.marble_job
-        running = jobs.is_running()
-
-        box = layout.box()
-        box.label(text="Rig", icon='OUTLINER_OB_CAMERA')
         collection = settings.rig_collection
         if collection is not None:
             cameras, frames = builders.rig_summary(collection)
-            counts = f"{cameras} cameras" + (f", {frames} frames" if frames > 1 else "")
-            box.label(text=f"{collection.name}: {counts}")
+            layout.label(text=f"{collection.name}: {cameras} cameras, {frames} frame{'s' if frames != 1 else ''}")
         elif settings.rig_path:
-            box.label(text=bpy.path.basename(settings.rig_path))
+            layout.label(text=bpy.path.basename(settings.rig_path))
         else:
-            box.label(text="No rig imported")
-        row = box.row(align=True)
+            layout.label(text="No rig imported")
+        row = layout.row(align=True)
         row.operator("marble.import_rig", icon='IMPORT')
         row.operator("marble.export_rig", icon='EXPORT')
+        export_state = context.window_manager.marble_export
+        if export_state.state != 'idle':
+            _export_status(layout, export_state)
+
+
+class MARBLE_PT_train(MarbleSubPanel, bpy.types.Panel):
+    bl_label = "Train"
+    bl_idname = "MARBLE_PT_train"
+    header_icon = 'MOD_REMESH'
+
+    def draw(self, context):
+        layout = self.layout
+        settings = context.scene.marble
+        running = jobs.is_running()
+        col = layout.column()
+        col.enabled = not running
+        col.prop(settings, "preset")
+        col.prop(settings, "iterations")
+        col.prop(settings, "resolution")
+        col.prop(settings, "device")
+        col.prop(settings, "use_masks")
+        col.prop(settings, "job_dir")
         region = regions.scene_region(context.scene)
         if region is not None:
-            col = box.column(align=True)
             col.prop(settings, "region")
             if regions.is_explicit(region):
                 centre, radius = regions.sphere(region)
                 where = ", ".join(_number(x) for x in centre)
                 col.label(text=f"Region: radius {_number(radius)} at ({where})", icon='SPHERE')
             else:
-                col.label(text="Region: automatic (the engine estimates it)", icon='SPHERE')
-        export_state = context.window_manager.marble_export
-        if export_state.state != 'idle':
-            _export_status(box, export_state)
-
-        box = layout.box()
-        box.label(text="Training", icon='MOD_REMESH')
-        col = box.column()
-        col.enabled = not running
-        col.prop(settings, "preset")
-        col.prop(settings, "iterations")
-        col.prop(settings, "resolution")
-        col.prop(settings, "device")
-        col.prop(settings, "job_dir")
-        row = box.row()
+                col.label(text="Region: automatic (move or scale the empty to choose)", icon='SPHERE')
+        row = layout.row()
         row.enabled = not running
         row.scale_y = 1.4
         row.operator("marble.train", icon='PLAY')
 
-        if job.state != 'idle':
-            box = layout.box()
-            box.label(text=f"{job.state.capitalize()}" + (f": {job.stage}" if job.stage else ""),
-                      icon=STATE_ICONS.get(job.state, 'INFO'))
-            percent = f"{100.0 * job.progress:.0f}%"
-            box.progress(factor=job.progress, type='BAR', text=percent)
-            col = box.column(align=True)
-            total = f" / {job.total}" if job.total else ""
-            col.label(text=f"Iteration: {job.iteration}{total}")
-            col.label(text=f"Loss: {job.loss:.4f}")
-            col.label(text=f"PSNR: {job.psnr:.2f} dB")
-            if job.state in ACTIVE_STATES:
-                col.label(text=f"ETA: {format_duration(job.eta_s)}")
-            if job.device:
-                col.label(text=f"Device: {job.device}")
-            if job.message:
-                _wrapped_labels(box, job.message, icon='ERROR' if job.state == 'failed' else 'INFO')
-            if running:
-                box.operator("marble.cancel", icon='CANCEL')
 
-        box = layout.box()
-        box.label(text="Result", icon='MESH_DATA')
-        box.operator("marble.import_mesh", icon='IMPORT')
+class MARBLE_PT_job(MarbleSubPanel, bpy.types.Panel):
+    bl_label = "Job"
+    bl_idname = "MARBLE_PT_job"
+
+    @classmethod
+    def poll(cls, context):
+        return context.window_manager.marble_job.state != 'idle'
+
+    def draw_header(self, context):
+        self.layout.label(icon=STATE_ICONS.get(context.window_manager.marble_job.state, 'INFO'))
+
+    def draw(self, context):
+        layout = self.layout
+        job = context.window_manager.marble_job
+        layout.label(text=job.state.capitalize() + (f": {job.stage}" if job.stage else ""))
+        text = f"{100.0 * job.progress:.0f}%"
+        if job.state in ACTIVE_STATES and job.eta_s > 0:
+            text += f", {format_duration(job.eta_s)} left"
+        layout.progress(factor=job.progress, type='BAR', text=text)
+        col = layout.column(align=True)
+        total = f" / {job.total}" if job.total else ""
+        col.label(text=f"Iteration: {job.iteration}{total}")
+        if job.frame >= 0:
+            col.label(text=f"Frame: {job.frame}")
+        col.label(text=f"Loss: {job.loss:.4f}")
+        col.label(text=f"PSNR: {job.psnr:.2f} dB")
+        if job.device:
+            col.label(text=f"Device: {job.device}")
+        if job.message:
+            _wrapped_labels(layout, job.message, icon='ERROR' if job.state == 'failed' else 'INFO')
+        row = layout.row(align=True)
+        if jobs.is_running():
+            row.operator("marble.cancel", icon='CANCEL')
+        elif job.resumable:
+            row.operator("marble.resume", icon='PLAY')
 
 
-CLASSES = (MARBLE_PT_main,)
+class MARBLE_PT_results(MarbleSubPanel, bpy.types.Panel):
+    bl_label = "Results"
+    bl_idname = "MARBLE_PT_results"
+    header_icon = 'MESH_DATA'
+
+    def draw(self, context):
+        layout = self.layout
+        col = layout.column(align=True)
+        col.operator("marble.import_mesh", icon='IMPORT')
+        if hasattr(bpy.types, "MARBLE_OT_import_sequence"):
+            col.operator("marble.import_sequence", icon='SEQUENCE')
+        row = layout.row(align=True)
+        row.operator("marble.show_curves", icon='GRAPH')
+        row.operator("marble.open_job_folder", icon='FILE_FOLDER')
+
+
+CLASSES = (MARBLE_PT_main, MARBLE_PT_rig, MARBLE_PT_train, MARBLE_PT_job, MARBLE_PT_results)

@@ -1,0 +1,73 @@
+"""`python -m engine doctor`: can this Python run the engine, and on what?
+
+Standard library only at import time: it must answer in a Python that has no torch (or no numpy),
+which is exactly the Python a user needs told about. One JSON object on stdout, one line.
+"""
+import contextlib
+import importlib
+import json
+import platform
+import sys
+
+from . import protocol
+
+# (module to import, pip name): what the engine cannot train without, and what it can.
+REQUIRED = (("torch", "torch"), ("numpy", "numpy"), ("mcubes", "PyMCubes"), ("PIL", "pillow"))
+OPTIONAL = (("trimesh", "trimesh"),)
+SETUP_HINT = "python3 build.py setup makes a .venv with all of them"
+
+
+def missing_module_message(module):
+    """The error a command gives when the engine's Python lacks a package (`module` as imported)."""
+    pip = dict(REQUIRED + OPTIONAL).get(module.split(".")[0], module)
+    return (f"the engine's Python ({sys.executable}) has no {pip}: choose another Python interpreter in "
+            f"Preferences > Add-ons > Marble, or run `python3 build.py setup` to make a .venv with the "
+            f"engine's packages")
+
+
+def engine_package(module):
+    """Whether an import name (e.g. exc.name of a ModuleNotFoundError) is one of the engine's packages."""
+    return bool(module) and module.split(".")[0] in dict(REQUIRED + OPTIONAL)
+
+
+def _importable(name):
+    try:
+        importlib.import_module(name)
+    except Exception:  # not installed, or installed but broken (a missing shared library): unusable either way
+        return False
+    return True
+
+
+def diagnose():
+    """The report as a dict (see main)."""
+    # Packages printing on import must not spoil the one line of JSON on stdout.
+    with contextlib.redirect_stdout(sys.stderr):
+        missing = [pip for module, pip in REQUIRED if not _importable(module)]
+        optional_missing = [pip for module, pip in OPTIONAL if not _importable(module)]
+        torch_version = device = gpu = memory = None
+        backend = "torch"
+        if "torch" not in missing:
+            import torch
+            torch_version = torch.__version__
+            if torch.cuda.is_available():
+                device, gpu = "cuda", torch.cuda.get_device_name(0)
+                memory = round(torch.cuda.get_device_properties(0).total_memory / 2 ** 30, 1)
+                if _importable("tinycudann"):  # only tried with CUDA: it needs a GPU to load
+                    backend = "tinycudann"
+    device = device or "cpu"
+    if missing:
+        message = f"missing packages: {', '.join(missing)}; install them into this Python ({SETUP_HINT})"
+    elif device == "cuda":
+        message = f"torch {torch_version} on {gpu} ({memory:g} GB); backend {backend}"
+    else:
+        message = f"torch {torch_version} on CPU (no CUDA GPU); backend {backend}"
+    return {"ok": not missing, "python": sys.executable, "python_version": platform.python_version(),
+            "torch": torch_version, "device": device, "gpu": gpu, "gpu_memory_gb": memory, "backend": backend,
+            "missing": missing, "optional_missing": optional_missing, "message": message}
+
+
+def main():
+    """Print the report; exit 0 when the engine can run here, 2 when packages are missing."""
+    report = diagnose()
+    print(json.dumps(report, separators=(",", ":")), flush=True)
+    return protocol.EXIT_OK if report["ok"] else protocol.EXIT_BAD_INPUT
