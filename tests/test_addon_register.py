@@ -105,7 +105,9 @@ def draw_panels(calls):
         poll = getattr(panel, "poll", None)
         if poll is not None and not poll(bpy.context):
             continue
-        fake = type("FakePanel", (), {"layout": RecordingLayout(calls)})()
+        # The panel's own class attributes (e.g. header_icon) with a recording layout.
+        fake = type("FakePanel", (), {"layout": RecordingLayout(calls),
+                                      "header_icon": getattr(panel, "header_icon", 'NONE')})()
         if hasattr(panel, "draw_header"):
             panel.draw_header(fake, bpy.context)
         panel.draw(fake, bpy.context)
