@@ -282,6 +282,37 @@ def test_new_job_folder_under_extension_user_path(fake_engine):
     assert bpy.context.window_manager.marble_job.state == 'done'
 
 
+def test_preferences_choose_job_folder_defaults_and_preview(fake_engine, tmp_path):
+    """The preferences' job folder (never inside the extension), default preset and device, and the
+    preview interval reach the engine's command line; Use Masks off passes --no-masks."""
+    prefs, settings = fake_engine.prefs, bpy.context.scene.marble
+    settings.job_dir = ""
+    prefs.job_root = str(tmp_path / "my jobs")
+    prefs.default_preset, prefs.default_device, prefs.preview_every = 'fast', 'cpu', 25
+    settings.use_masks = False
+    try:
+        bpy.ops.marble.train()
+        job_dir = bpy.context.window_manager.marble_job.job_dir
+        assert os.path.dirname(job_dir) == str(tmp_path / "my jobs")
+        assert bpy.context.scene.marble.last_job == job_dir
+        run_ticks(fake_engine.jobs)
+        with open(os.path.join(job_dir, "argv.json")) as f:
+            argv = json.load(f)["argv"]
+        assert argv[argv.index("--preset") + 1] == "fast" and argv[argv.index("--device") + 1] == "cpu"
+        assert argv[argv.index("--preview-every") + 1] == "25" and "--no-masks" in argv
+        settings.preset, settings.device = 'quality', 'auto'  # the scene's own choice wins
+        prefs.job_root = os.path.join(fake_engine.module.__path__[0], "jobs")  # inside the extension: refused
+        bpy.ops.marble.train()
+        job_dir = bpy.context.window_manager.marble_job.job_dir
+        assert os.path.dirname(job_dir) == bpy.utils.extension_path_user(fake_engine.package, path="jobs")
+        run_ticks(fake_engine.jobs)
+        with open(os.path.join(job_dir, "argv.json")) as f:
+            argv = json.load(f)["argv"]
+        assert argv[argv.index("--preset") + 1] == "quality" and argv[argv.index("--device") + 1] == "auto"
+    finally:
+        prefs.job_root, prefs.default_preset, prefs.default_device, prefs.preview_every = "", 'cpu', 'auto', 100
+
+
 def test_engine_environment_puts_engine_root_first(marble, monkeypatch):
     monkeypatch.setenv("PYTHONPATH", "/some/where")
     monkeypatch.setenv("PYTHONHOME", "/blender/python")
