@@ -7,6 +7,7 @@
     python3 build.py extension [--dist DIR]  build dist/marble-<version>.zip with Blender's build command
     python3 build.py bench [NAMES] [--iterations N]  run benchmarks, print a table, update docs/benchmarks.md
         bench quality [--scenes armadillo,spot,bunny,dtu,fox] [--preset cpu] [--views 64] [--size 200] [--set K=V]
+        bench jobs: train through the add-on with live previews, time every tick of the job client
 
 Importable from tests (`sys.path.insert(0, REPO); import build`): build_extension(dist_dir),
 venv_python(), ensure_setup(), isolated_env(folder).
@@ -500,6 +501,35 @@ def bench_rigs(options):
     }
 
 
+def bench_jobs(options):
+    """Train through the add-on with live previews and time every tick of the job client."""
+    python = ensure_setup()
+    folder = tempfile.mkdtemp(prefix="marble-bench-jobs-")
+    try:
+        arguments = [python, "-m", "demo.jobs_bench"]
+        if options.iterations:
+            arguments += ["--iterations", str(options.iterations)]
+        process = subprocess.run(arguments, cwd=REPO, env=isolated_env(folder), capture_output=True, text=True)
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+    lines = [line for line in process.stdout.splitlines() if line.startswith("RESULT ")]
+    if process.returncode != 0 or not lines:
+        raise BuildError(f"the jobs benchmark failed (exit {process.returncode}):\n"
+                         f"{(process.stdout + process.stderr)[-3000:]}")
+    result = json.loads(lines[-1][len("RESULT "):])
+    machine = machine_info()
+    return {
+        "date": datetime.date.today().isoformat(), "cpu": machine["cpu"], "cores": str(machine["cores"]),
+        "blender": result["blender"], "iterations": str(result["iterations"]),
+        "preview every": str(result["preview_every"]), "train returns ms": _fmt(result["train_returns_ms"], 1),
+        "first progress s": _fmt(result["first_progress_s"], 2), "job s": _fmt(result["job_s"], 1),
+        "ticks": str(result["ticks"]), "tick median ms": _fmt(result["tick_median_ms"], 2),
+        "tick p99 ms": _fmt(result["tick_p99_ms"], 1), "tick max ms": _fmt(result["tick_max_ms"], 1),
+        "previews": str(result["previews"]), "preview tick max ms": _fmt(result["preview_tick_max_ms"], 1),
+        "final import ms": _fmt(result["final_import_ms"], 1), "mesh vertices": str(result["mesh_vertices"]),
+    }
+
+
 # ---------------------------------------------------------------------------------------------------
 # quality: reconstruct synthetic renders of the shared meshes and DTU scan 24, measure against truth
 
@@ -819,6 +849,23 @@ BENCHMARKS = {
         "columns": ["date", "cpu", "cores", "blender", "cameras", "transforms s", "transforms + images s",
                     "colmap s", "colmap + images s", "read transforms s", "read colmap s"],
         "key": ["cpu", "cores", "blender", "cameras"],
+    },
+    "jobs": {
+        "run": bench_jobs,
+        "title": "jobs: how long Blender's interface freezes while the engine trains",
+        "about": ("`python3 build.py bench jobs`: `python -m demo.jobs_bench` renders a 24-view torus at 96 px, "
+                  "installs the extension into a sandboxed Blender (the bpy module), imports the rig and presses "
+                  "Train (cpu preset, 300 iterations, a preview mesh every 25, final mesh at resolution 128) with "
+                  "the real engine, calling the job client's tick as Blender's timer does. A tick runs on "
+                  "Blender's main thread: its duration is how long the interface cannot respond. `train returns "
+                  "ms`: marble.train from call to return (the engine starts in the background); `first progress "
+                  "s`: until the panel shows the first iteration (the engine's start, torch import and data "
+                  "loading); `tick` figures over every tick of the job; `preview tick max ms`: the slowest tick "
+                  "that replaced the preview mesh; `final import ms`: the tick that imported the final mesh."),
+        "columns": ["date", "cpu", "cores", "blender", "iterations", "preview every", "train returns ms",
+                    "first progress s", "job s", "ticks", "tick median ms", "tick p99 ms", "tick max ms",
+                    "previews", "preview tick max ms", "final import ms", "mesh vertices"],
+        "key": ["cpu", "cores", "blender", "iterations", "preview every"],
     },
     "quality": {
         "run": bench_quality,

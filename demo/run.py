@@ -100,13 +100,7 @@ def run(args):
 
     # 2. The extension, installed like a user would.
     mark = time.perf_counter()
-    zip_path = build.build_extension(os.path.join(OUT_DIR, "dist"))
-    say(f"built {os.path.relpath(zip_path, REPO)}; installing it into {os.environ['BLENDER_USER_RESOURCES']}")
-    result = bpy.ops.extensions.package_install_files(filepath=zip_path, repo=REPO_NAME,
-                                                      enable_on_install=True)
-    if result != {"FINISHED"} or PACKAGE not in bpy.context.preferences.addons:
-        raise DemoError(f"installing {zip_path} did not enable {PACKAGE} (operator returned {result})")
-    jobs = importlib.import_module(f"{PACKAGE}.addon.jobs")
+    jobs = install_extension(bpy)
     timings["install"] = time.perf_counter() - mark
 
     # 3. Import the rig and train through the add-on.
@@ -178,6 +172,18 @@ def run(args):
     say("times: " + ", ".join(f"{k} {v:.1f} s" for k, v in timings.items()))
     print(f"chamfer: {value:.4f}", flush=True)
     return 0
+
+
+def install_extension(bpy):
+    """Build the zip and install it into the (sandboxed) Blender like a user would; returns the
+    installed add-on's job client module."""
+    zip_path = build.build_extension(os.path.join(OUT_DIR, "dist"))
+    say(f"built {os.path.relpath(zip_path, REPO)}; installing it into {os.environ['BLENDER_USER_RESOURCES']}")
+    result = bpy.ops.extensions.package_install_files(filepath=zip_path, repo=REPO_NAME,
+                                                      enable_on_install=True)
+    if result != {"FINISHED"} or PACKAGE not in bpy.context.preferences.addons:
+        raise DemoError(f"installing {zip_path} did not enable {PACKAGE} (operator returned {result})")
+    return importlib.import_module(f"{PACKAGE}.addon.jobs")
 
 
 def follow(bpy, jobs, state, timeout):
