@@ -321,3 +321,33 @@ def test_engine_environment_puts_engine_root_first(marble, monkeypatch):
     assert "PYTHONHOME" not in env and env["PYTHONUNBUFFERED"] == "1"
     # The real extension root holds the engine package.
     assert os.path.isfile(os.path.join(marble.jobs.engine_root(), "engine", "protocol.py"))
+
+
+def test_restore_state_from_events(marble, tmp_path):
+    """A job's last state read back from events.jsonl: an engine that stopped without a final event
+    (Blender closed) is resumable when it left a checkpoint; an error stays an error."""
+    jobs, state, scene = marble.jobs, bpy.context.window_manager.marble_job, bpy.context.scene
+    job = tmp_path / "job"
+    (job / "checkpoints").mkdir(parents=True)
+    events = [{"event": "started", "t": 0.1, "device": "cpu", "backend": "torch", "config": {}},
+              {"event": "stage", "t": 0.2, "name": "train"},
+              {"event": "progress", "t": 1.0, "iteration": 40, "total": 100, "loss": 0.5, "psnr": 21.5,
+               "eta_s": 9.0, "frame": None}]
+    (job / "events.jsonl").write_text("".join(json.dumps(e) + "\n" for e in events))
+    (job / "config.json").write_text("{}")
+    scene.marble.last_job = str(job)
+    assert jobs.restore_state(scene, state)
+    assert state.state == 'failed' and not state.resumable and "no checkpoint" in state.message
+    (job / "checkpoints" / "step_0000040.pt").write_bytes(b"x")
+    jobs.restore_state(scene, state)
+    assert (state.state, state.resumable, state.iteration, state.total) == ('cancelled', True, 40, 100)
+    assert state.progress == pytest.approx(0.4) and state.psnr == pytest.approx(21.5) and state.eta_s == 0.0
+    assert "Interrupted at iteration 40" in state.message and state.device == "cpu, torch"
+    assert bpy.ops.marble.resume.poll()
+    with open(job / "events.jsonl", "a") as f:
+        f.write(json.dumps({"event": "error", "t": 2.0, "message": "out of memory (fake)"}) + "\n")
+    jobs.restore_state(scene, state)
+    assert state.state == 'failed' and state.message == "out of memory (fake)" and state.resumable
+    scene.marble.last_job = str(tmp_path / "gone")
+    assert not jobs.restore_state(scene, state)
+    assert state.state == 'idle' and "gone" in state.message
