@@ -728,14 +728,14 @@ def _quality_synthetic(python, scene, data_dir, options, env, machine, image_dir
                                        str(options.views), "--size", str(options.size), "--samples",
                                        str(options.samples)], env, f"{scene}: rendering")
         log("bench", f"{scene}: rendered in {rendered['seconds']:.1f} s")
-    job = os.path.join(folder, "job")
+    job = os.path.join(folder, "job" + settings_suffix(options))
     run, started = _train(python, scene, dataset, job, options, env)
     mesh = os.path.join(job, "meshes", "mesh.ply")
     metrics = _venv_json(python, ["-m", "demo.meshes", "metrics", mesh, os.path.join(dataset, "truth.ply")],
                          env, f"{scene}: metrics")
     log("bench", f"{scene}: chamfer {100 * (metrics['chamfer'] or float('nan')):.3f}% of the diagonal, "
         f"F@0.5% {metrics['f_05']:.3f}, F@1% {metrics['f_1']:.3f}")
-    png = _quality_png(python, scene, mesh, image_dir, env)
+    png = _quality_png(python, scene + settings_suffix(options), mesh, image_dir, env)
     return quality_row(scene, machine, started, run["wall_s"], run["peak_mb"], started.get("views", options.views),
                        (options.size, options.size), metrics=metrics, png=png, settings=getattr(options, "set", None) or ())
 
@@ -745,7 +745,7 @@ def _quality_capture(python, scene, data_dir, options, env, machine, image_dir):
     dataset = os.path.join(data_dir, capture["folder"])
     if not os.path.isfile(os.path.join(dataset, capture["rig_file"])):
         raise BuildError(f"{scene}: {dataset}/{capture['rig_file']} is missing")
-    job = os.path.join(QUALITY_OUT, scene, "job")
+    job = os.path.join(QUALITY_OUT, scene, "job" + settings_suffix(options))
     run, started = _train(python, scene, dataset, job, options, env,
                           extra=["--downscale", str(capture["downscale"]),
                                  "--holdout-every", str(capture["holdout_every"])])
@@ -769,9 +769,20 @@ def _quality_capture(python, scene, data_dir, options, env, machine, image_dir):
     size = (width // capture["downscale"], height // capture["downscale"])
     total = started.get("views") or len(images)
     views = f"{total - held} (+{held})" if held else str(total)
-    png = _quality_png(python, scene, os.path.join(job, "meshes", "mesh.ply"), image_dir, env, rig=dataset)
+    png = _quality_png(python, scene + settings_suffix(options), os.path.join(job, "meshes", "mesh.ply"),
+                       image_dir, env, rig=dataset)
     return quality_row(scene, machine, started, run["wall_s"], run["peak_mb"], views, size,
                        evaluation=evaluation, png=png, settings=getattr(options, "set", None) or ())
+
+
+def settings_suffix(options):
+    """'' for the preset as it is, else a file-name-safe tag of the --set overrides (a run with other
+    settings gets its own job folder and picture, and does not overwrite the plain run's)."""
+    settings = getattr(options, "set", None) or ()
+    if not settings:
+        return ""
+    tag = "_".join(a.rpartition(".")[2] for a in settings)
+    return "_" + re.sub(r"[^A-Za-z0-9=_-]+", "-", tag).replace("=", "-")
 
 
 def _quality_png(python, scene, mesh, image_dir, env, rig=None):

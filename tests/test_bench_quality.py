@@ -212,3 +212,12 @@ def test_metrics_and_snapshot_of_the_truth(spot, tmp_path):
     image = np.asarray(Image.open(png).convert("RGB")).astype(float)
     assert image.shape == (40, 40, 3)
     assert image.std(axis=(0, 1)).mean() > 10.0  # the coloured mesh, not an empty frame
+
+
+def test_settings_get_their_own_job_and_picture():
+    plain = argparse.Namespace(set=[])
+    hierarchical = argparse.Namespace(set=["render.sampler=hierarchical", "render.samples_per_ray=64"])
+    assert build.settings_suffix(plain) == build.settings_suffix(argparse.Namespace()) == ""
+    suffix = build.settings_suffix(hierarchical)
+    assert suffix == "_sampler-hierarchical_samples_per_ray-64"
+    assert all(c.isalnum() or c in "_-" for c in suffix)
