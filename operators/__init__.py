@@ -2,9 +2,9 @@
 """Operators: one module per user action."""
 import bpy
 
-from . import import_rig, export_rig, import_mesh, results, train
+from . import import_rig, export_rig, import_mesh, import_sequence, results, train
 
-MODULES = (import_rig, export_rig, import_mesh, train, results)
+MODULES = (import_rig, export_rig, import_mesh, import_sequence, train, results)
 
 
 def register():
