@@ -298,32 +298,9 @@ def build_sequence(sequence, name=None, parent_collection=None, scene=None):
 
 
 def _mesh(name, arrays, created):
-    """A mesh datablock from read_ply's arrays, as addon.scene.mesh_from_ply makes it (smooth shading,
-    the "Color" point attribute and the shared vertex colour material)."""
-    vertices, starts, loops, colours = arrays
-    mesh = bpy.data.meshes.new(name)
+    """A mesh datablock from read_ply's arrays (addon.scene.mesh_from_arrays), recorded in `created`."""
+    mesh = builders.mesh_from_arrays(name, arrays)
     created.append(mesh)
-    mesh.vertices.add(len(vertices))
-    mesh.vertices.foreach_set("co", vertices.ravel())
-    if len(starts):
-        mesh.loops.add(len(loops))
-        mesh.loops.foreach_set("vertex_index", loops)
-        mesh.polygons.add(len(starts))
-        mesh.polygons.foreach_set("loop_start", starts)
-    mesh.update(calc_edges=True)
-    if len(starts):
-        if hasattr(mesh, "shade_smooth"):  # Blender 4.1+
-            mesh.shade_smooth()
-        else:
-            mesh.polygons.foreach_set("use_smooth", np.ones(len(starts), dtype=bool))
-    if colours is not None:
-        rgba = np.ones((len(vertices), 4), dtype=np.float32)
-        rgba[:, :colours.shape[1]] = colours / np.float32(255.0)
-        attribute = mesh.color_attributes.new(builders.COLOR_ATTRIBUTE, 'BYTE_COLOR', 'POINT')
-        attribute.data.foreach_set("color_srgb", rgba.ravel())
-        mesh.color_attributes.active_color = attribute
-        mesh.color_attributes.render_color_index = mesh.color_attributes.active_color_index
-        mesh.materials.append(builders.vertex_color_material())
     return mesh
 
 

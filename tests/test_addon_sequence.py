@@ -113,7 +113,11 @@ def test_world_sequence_with_gaps(marble, tmp_path):
     for f in FRAMES:
         obj = bpy.data.objects[f"seq {f:06d}"]
         assert np.allclose(mesh_vertices(obj.data), frame_vertices(f)[0], atol=1e-6)
-        assert len(obj.data.polygons) == 20 and obj.data.color_attributes.active_color.name == "Color"
+        assert len(obj.data.polygons) == 20 and len(obj.data.edges) == 30
+        loops = np.zeros(len(obj.data.loops), dtype=np.int32)
+        obj.data.loops.foreach_get("vertex_index", loops)
+        assert np.array_equal(loops.reshape(-1, 3), icosphere()[1])
+        assert obj.data.color_attributes.active_color.name == "Color"
         assert np.array(obj.matrix_world) == pytest.approx(np.eye(4))
         assert obj["marble_seconds"] == pytest.approx(f / 30.0)
         curves = _fcurves(obj)
