@@ -1,4 +1,4 @@
-"""`python -m engine`: train a job, or re-extract a job's mesh from its checkpoint.
+"""`python -m engine`: train a job; re-extract, evaluate or redraw the curves of a job; print a preset; doctor.
 
 Only the standard library is imported up front: `doctor` must run in a Python without torch or numpy,
 and `train` there must still print an error event saying what is missing.
