@@ -475,20 +475,26 @@ print("RESULT " + json.dumps(result), flush=True)
 """
 
 
-def bench_rigs(options):
-    """Import a 2,000-camera rig (transforms.json and COLMAP text) with marble.import_rig in Blender."""
-    python = ensure_setup()
-    folder = tempfile.mkdtemp(prefix="marble-bench-rigs-")
+def _sandboxed_result(name, command, cwd=None):
+    """Run command(folder) in a sandbox folder (its HOME, caches and Blender user folder) and return
+    the JSON of its last `RESULT {...}` line; BuildError with the output's tail when it fails."""
+    folder = tempfile.mkdtemp(prefix=f"marble-bench-{name}-")
     try:
-        process = subprocess.run([python, "-c", _RIGS_SNIPPET, REPO, folder, "2000", "3"], cwd=folder,
-                                 env=isolated_env(folder), capture_output=True, text=True)
+        process = subprocess.run(command(folder), cwd=cwd or folder, env=isolated_env(folder),
+                                 capture_output=True, text=True)
     finally:
         shutil.rmtree(folder, ignore_errors=True)
     lines = [line for line in process.stdout.splitlines() if line.startswith("RESULT ")]
     if process.returncode != 0 or not lines:
-        raise BuildError(f"the rigs benchmark failed (exit {process.returncode}):\n"
+        raise BuildError(f"the {name} benchmark failed (exit {process.returncode}):\n"
                          f"{(process.stdout + process.stderr)[-3000:]}")
-    result = json.loads(lines[-1][len("RESULT "):])
+    return json.loads(lines[-1][len("RESULT "):])
+
+
+def bench_rigs(options):
+    """Import a 2,000-camera rig (transforms.json and COLMAP text) with marble.import_rig in Blender."""
+    python = ensure_setup()
+    result = _sandboxed_result("rigs", lambda folder: [python, "-c", _RIGS_SNIPPET, REPO, folder, "2000", "3"])
     machine = machine_info()
     seconds = lambda key: f"{result[key]:.2f}"
     return {
@@ -504,19 +510,10 @@ def bench_rigs(options):
 def bench_jobs(options):
     """Train through the add-on with live previews and time every tick of the job client."""
     python = ensure_setup()
-    folder = tempfile.mkdtemp(prefix="marble-bench-jobs-")
-    try:
-        arguments = [python, "-m", "demo.jobs_bench"]
-        if options.iterations:
-            arguments += ["--iterations", str(options.iterations)]
-        process = subprocess.run(arguments, cwd=REPO, env=isolated_env(folder), capture_output=True, text=True)
-    finally:
-        shutil.rmtree(folder, ignore_errors=True)
-    lines = [line for line in process.stdout.splitlines() if line.startswith("RESULT ")]
-    if process.returncode != 0 or not lines:
-        raise BuildError(f"the jobs benchmark failed (exit {process.returncode}):\n"
-                         f"{(process.stdout + process.stderr)[-3000:]}")
-    result = json.loads(lines[-1][len("RESULT "):])
+    arguments = [python, "-m", "demo.jobs_bench"]
+    if options.iterations:
+        arguments += ["--iterations", str(options.iterations)]
+    result = _sandboxed_result("jobs", lambda folder: arguments, cwd=REPO)
     machine = machine_info()
     return {
         "date": datetime.date.today().isoformat(), "cpu": machine["cpu"], "cores": str(machine["cores"]),

@@ -395,6 +395,12 @@ def _handle(job, event, state):
             state.message = f"Imported '{obj.name}' ({len(obj.data.vertices)} vertices)"
 
 
+def shown_job_dir(context):
+    """The job the panel shows (this session's, else the scene's last one), absolute; "" when none."""
+    job_dir = context.window_manager.marble_job.job_dir or context.scene.marble.last_job
+    return os.path.abspath(bpy.path.abspath(job_dir)) if job_dir else ""
+
+
 def has_checkpoint(job_dir):
     folder = os.path.join(job_dir, protocol.CHECKPOINTS_DIR) if job_dir else ""
     return bool(folder) and os.path.isdir(folder) and any(n.endswith(".pt") for n in os.listdir(folder))

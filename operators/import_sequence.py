@@ -5,6 +5,7 @@ import os
 import bpy
 from bpy_extras.io_utils import ImportHelper
 
+from ..addon import jobs
 from ..addon import scene as builders
 from ..addon import sequence as sequences
 
@@ -21,8 +22,8 @@ class MARBLE_OT_import_sequence(bpy.types.Operator, ImportHelper):
 
     def invoke(self, context, event):
         # Start the browser at the last job's sequence (or its meshes folder) when there is one.
-        job_dir = context.window_manager.marble_job.job_dir or context.scene.marble.last_job
-        meshes = os.path.join(bpy.path.abspath(job_dir), "meshes") if job_dir else ""
+        job_dir = jobs.shown_job_dir(context)
+        meshes = os.path.join(job_dir, "meshes") if job_dir else ""
         if meshes and os.path.isdir(meshes) and not self.filepath:
             candidate = os.path.join(meshes, sequences.SEQUENCE_FILE)
             self.filepath = candidate if os.path.isfile(candidate) else os.path.join(meshes, "")
