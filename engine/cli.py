@@ -48,6 +48,12 @@ def parse_args(argv):
     train.add_argument("--no-masks", action="store_true",
                        help="ignore the images' alpha and the mask files: train on the full pictures, "
                             "with the background model (data.use_masks=false)")
+    train.add_argument("--frames", metavar="A:B",
+                       help="a dynamic rig's frames to train: A:B (both included), A:, :B or one frame A "
+                            "(default: all)")
+    train.add_argument("--canonical", action="store_true",
+                       help="a dynamic job's meshes in the first frame's placement, each frame's motion in "
+                            "sequence.json (default: every mesh where the object is at its frame)")
     train.add_argument("--set", action="append", default=[], metavar="SECTION.FIELD=VALUE",
                        help="override one field of the preset, e.g. render.sampler=hierarchical, "
                             "train.gradient=analytic, train.mixed_precision=off (repeatable; "
@@ -96,6 +102,10 @@ def resolve_config(args):
         cfg.mesh.largest_component = True
     if args.no_masks:
         cfg.data.use_masks = False
+    if args.frames is not None:
+        cfg.set(f"dynamic.frames={args.frames}")
+    if args.canonical:
+        cfg.dynamic.coordinates = "canonical"
     for assignment in args.set:
         cfg.set(assignment)
     cfg.device = args.device
@@ -113,23 +123,31 @@ def run_train(args, out):
 
     from .config import InputError
     from .rig import load_rig
+    from .dynamic import SequenceTrainer, select_frames
     from .train import Cancelled, Trainer, resolve_device, write_config
     cfg = resolve_config(args)
     if args.region is not None and not (all(map(math.isfinite, args.region)) and args.region[3] > 0):
         raise InputError(f"--region needs a centre and a positive radius, got {args.region}")
     rig = load_rig(args.data)
+    sequence = {}
+    if rig.is_dynamic:
+        frames = select_frames(rig, cfg.dynamic.frames)
+        sequence = {"dynamic": True, "frames": frames, "coordinates": cfg.dynamic.coordinates}
+    elif cfg.dynamic.frames:
+        raise InputError(f"--frames {cfg.dynamic.frames}: {rig.path} is not a dynamic rig (it has one frame)")
     device = resolve_device(cfg.device)
     os.makedirs(args.out, exist_ok=True)
     out.attach(args.out)
     write_config(args.out, cfg)
     torch.set_num_threads(max(1, os.cpu_count() or 1))
     out.emit(protocol.STARTED, config=cfg.to_dict(), device=device, backend="torch",
-             job=os.path.abspath(args.out), data=rig.path, views=len(rig.views))
+             job=os.path.abspath(args.out), data=rig.path, views=len(rig.views), **sequence)
     out.log(f"training {rig.path} ({len(rig.views)} views) with preset {cfg.preset} on {device}, "
             f"{cfg.train.iterations} iterations, into {os.path.abspath(args.out)}")
     cancel = CancelWatch()
+    kind = SequenceTrainer if sequence else Trainer
     try:
-        outputs = Trainer(cfg, rig, args.out, out, cancel.requested, region=args.region).run(resume=args.resume)
+        outputs = kind(cfg, rig, args.out, out, cancel.requested, region=args.region).run(resume=args.resume)
     except Cancelled:
         return protocol.EXIT_CANCELLED
     finally:
@@ -151,6 +169,9 @@ def load_job(job, out):
     latest = Trainer.latest_checkpoint(job)
     if data is None or latest is None:
         raise InputError(f"{job}: the job has no checkpoint yet")
+    if any(e["event"] == protocol.STARTED and e.get("dynamic") for e in events):
+        raise InputError(f"{job}: a dynamic job; its meshes are written frame by frame as it trains "
+                         f"({protocol.MESHES_DIR}/), and extract and evaluate work on static jobs")
     out.attach(job)
     trainer = Trainer(cfg, load_rig(data), job, out)
     trainer.load()

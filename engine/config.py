@@ -75,6 +75,22 @@ class DataConfig:
 
 
 @dataclass
+class DynamicConfig:
+    """Dynamic rigs (NeuS2): frame one trains for train.iterations; each later frame starts from the
+    previous frame's weights, predicts its global rigid motion with the network frozen, then trains
+    for frame_iterations steps."""
+    frame_iterations: int = 300        # training steps of every frame after the first
+    frame_lr_factor: float = 0.3       # later frames' learning rate starts at this fraction of train.lr ...
+                                       # ... and decays to train.final_lr_factor by the frame's end
+    predict_transform: bool = True     # global transformation prediction (off: the network absorbs the motion)
+    prediction_iterations: int = 100   # optimiser steps of the rigid transform per frame
+    prediction_lr: float = 1e-2        # Adam on the axis-angle rotation (radians) and translation (region radii)
+    prediction_mask_weight: float = 1.0  # silhouette term of the prediction loss (colour: 1)
+    frames: str = ""                   # "A:B" (inclusive, either end may be left out), "A", or "": all frames
+    coordinates: str = "world"         # world: each frame's mesh where the object is; canonical: in frame one's place
+
+
+@dataclass
 class Config:
     preset: str = "cpu"
     encoding: HashGridConfig = field(default_factory=HashGridConfig)
@@ -83,6 +99,7 @@ class Config:
     train: TrainConfig = field(default_factory=TrainConfig)
     mesh: MeshConfig = field(default_factory=MeshConfig)
     data: DataConfig = field(default_factory=DataConfig)
+    dynamic: DynamicConfig = field(default_factory=DynamicConfig)
     device: str = "auto"
 
     def to_dict(self):
@@ -120,20 +137,26 @@ class Config:
             if value not in allowed:
                 raise InputError(f"{key} must be one of {', '.join(allowed)}, got {value!r}")
         positive = ("render.samples_per_ray", "render.up_sample_rounds", "train.iterations", "train.rays_per_batch",
-                    "encoding.levels", "encoding.features", "mesh.resolution", "mesh.block", "data.downscale")
+                    "encoding.levels", "encoding.features", "mesh.resolution", "mesh.block", "data.downscale",
+                    "dynamic.frame_iterations")
         for key in positive:
             section, name = key.split(".")
             if getattr(getattr(self, section), name) < 1:
                 raise InputError(f"{key} must be at least 1, got {getattr(getattr(self, section), name)}")
-        if self.render.fine_samples < 0:
-            raise InputError(f"render.fine_samples must be at least 0, got {self.render.fine_samples}")
+        for key in ("render.fine_samples", "dynamic.prediction_iterations"):
+            section, name = key.split(".")
+            if getattr(getattr(self, section), name) < 0:
+                raise InputError(f"{key} must be at least 0, got {getattr(getattr(self, section), name)}")
+        if self.dynamic.frames:
+            parse_frames(self.dynamic.frames)
 
     @classmethod
     def from_dict(cls, data):
         return cls(preset=data["preset"], device=data.get("device", "auto"),
                    encoding=HashGridConfig(**data["encoding"]), network=NetworkConfig(**data["network"]),
                    render=RenderConfig(**data["render"]), train=TrainConfig(**data["train"]),
-                   mesh=MeshConfig(**data["mesh"]), data=DataConfig(**data.get("data", {})))
+                   mesh=MeshConfig(**data["mesh"]), data=DataConfig(**data.get("data", {})),
+                   dynamic=DynamicConfig(**data.get("dynamic", {})))
 
 
 def preset(name):
@@ -146,7 +169,8 @@ def preset(name):
             network=NetworkConfig(sdf_hidden=64, sdf_layers=1, color_hidden=64, color_layers=2),
             render=RenderConfig(samples_per_ray=512, occupancy_resolution=128),
             train=TrainConfig(iterations=15000, rays_per_batch=4096, start_levels=4, level_every=50),
-            mesh=MeshConfig(resolution=512))
+            mesh=MeshConfig(resolution=512),
+            dynamic=DynamicConfig(frame_iterations=2000, prediction_iterations=300))
     if name == "quality":
         return Config(
             preset="quality",
@@ -156,7 +180,8 @@ def preset(name):
             render=RenderConfig(samples_per_ray=1024, occupancy_resolution=128),
             train=TrainConfig(iterations=100000, rays_per_batch=4096, start_levels=4, level_every=5000,
                               curvature_weight=5e-4, grid_weight_decay=1e-2),
-            mesh=MeshConfig(resolution=1024))
+            mesh=MeshConfig(resolution=1024),
+            dynamic=DynamicConfig(frame_iterations=5000, prediction_iterations=500))
     if name == "cpu":
         return Config(
             preset="cpu",
@@ -165,12 +190,27 @@ def preset(name):
             network=NetworkConfig(sdf_hidden=64, sdf_layers=1, color_hidden=64, color_layers=2),
             render=RenderConfig(samples_per_ray=128, occupancy_resolution=64),
             train=TrainConfig(iterations=1000, rays_per_batch=512, start_levels=4, level_every=50),
-            mesh=MeshConfig(resolution=256))
+            mesh=MeshConfig(resolution=256),
+            dynamic=DynamicConfig(frame_iterations=300, prediction_iterations=100))
     raise InputError(f"unknown preset {name!r}: choose cpu, fast or quality")
 
 
 PRESETS = ("cpu", "fast", "quality")
-SECTIONS = ("encoding", "network", "render", "train", "mesh", "data")
+SECTIONS = ("encoding", "network", "render", "train", "mesh", "data", "dynamic")
 CHOICES = {"render.sampler": ("occupancy", "hierarchical"), "render.background_model": ("auto", "none"),
            "train.color_loss": ("l1", "huber"), "train.gradient": ("numerical", "analytic"),
-           "train.mixed_precision": ("auto", "off", "bf16", "fp16")}
+           "train.mixed_precision": ("auto", "off", "bf16", "fp16"), "dynamic.coordinates": ("world", "canonical")}
+
+
+def parse_frames(text):
+    """`--frames` / dynamic.frames: "A:B" (both inclusive), "A:" (from A), ":B" (up to B), "A" (one
+    frame) -> (first, last) with None for an open end; InputError otherwise."""
+    first, sep, last = str(text).strip().partition(":")
+    try:
+        bounds = (int(first) if first.strip() else None,
+                  (int(last) if last.strip() else None) if sep else int(first))
+    except ValueError:
+        raise InputError(f"--frames {text!r}: expected A:B (inclusive), A:, :B or A, with integer frames") from None
+    if bounds[0] is not None and bounds[1] is not None and bounds[1] < bounds[0]:
+        raise InputError(f"--frames {text!r}: the last frame comes before the first")
+    return bounds

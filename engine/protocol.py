@@ -7,18 +7,22 @@ import json
 import math
 
 # Every event has "event" (one of these) and "t" (seconds since the engine started).
-STARTED = "started"      # config (resolved dict), device, backend, job
-STAGE = "stage"          # name: one of STAGES
-PROGRESS = "progress"    # iteration, total, loss, losses {term: value}, psnr, eta_s, frame
+# Dynamic jobs (a rig with several frames) add the fields after the semicolons.
+STARTED = "started"      # config (resolved dict), device, backend, job; dynamic (true), frames [F...], coordinates
+STAGE = "stage"          # name: one of STAGES; "frame" has frame, index, count; "predict" and "extract" frame
+PROGRESS = "progress"    # iteration, total, loss, losses {term: value}, psnr, eta_s, frame (None for a static
+                         # job); frame_index, frame_count, phase ("predict" | "train"), sequence_progress (0-1);
+                         # iteration/total count within the frame's phase, eta_s is for the whole job
 PREVIEW = "preview"      # path of a coarse mesh written during training
-MESH = "mesh"            # path, frame (None for a static job)
+MESH = "mesh"            # path, frame (None for a static job); iteration, loss, seconds (the frame's),
+                         # world_from_canonical (4x4 rows), coordinates, sequence (sequence.json, rewritten)
 WARNING = "warning"      # message
 ERROR = "error"          # message a user can act on
-DONE = "done"            # outputs {"mesh": path, ...}
-CANCELLED = "cancelled"  # checkpoint (path or None)
+DONE = "done"            # outputs {"mesh": path}; dynamic: {"sequence": path, "meshes": folder, "frames": N}
+CANCELLED = "cancelled"  # checkpoint (path or None), iteration; dynamic: frame
 EVENT_KINDS = (STARTED, STAGE, PROGRESS, PREVIEW, MESH, WARNING, ERROR, DONE, CANCELLED)
 FINAL_EVENTS = (DONE, ERROR, CANCELLED)
-STAGES = ("load", "train", "extract", "frame")
+STAGES = ("load", "train", "extract", "frame", "predict")
 
 # A line "cancel" on the engine's stdin asks it to stop (as SIGINT/SIGTERM do).
 CANCEL_LINE = "cancel"
@@ -37,6 +41,8 @@ CHECKPOINTS_DIR = "checkpoints"
 MESHES_DIR = "meshes"
 PREVIEWS_DIR = "previews"
 STATIC_MESH_FILE = "mesh.ply"
+SEQUENCE_FILE = "sequence.json"       # a dynamic job's frames, in MESHES_DIR
+FRAME_MESH_FILE = "frame_{:06d}.ply"  # a dynamic job's mesh of one frame, in MESHES_DIR
 LOG_FILE = "engine.log"  # stderr of the engine, kept by the add-on
 CURVES_FILE = "curves.png"  # loss and PSNR against iteration, redrawn at each checkpoint
 

@@ -60,12 +60,16 @@ def numerical_step(step, cfg, resolutions):
     return 2.0 / resolution
 
 
-def region_grid(dataset, resolution):
-    """Occupancy region: the unit sphere, cut to the visual hull (dilated 2 cells) when masks exist."""
+def region_grid(dataset, resolution, to_views=None):
+    """Occupancy region: the unit sphere, cut to the visual hull (dilated 2 cells) when masks exist.
+    `to_views` maps the grid's normalised points to the views' normalised space (a dynamic frame's
+    motion); None: the same space."""
     if not dataset.has_masks:
         return None
     axis = (np.arange(resolution) + 0.5) / resolution * 2 - 1
     centers = np.stack(np.meshgrid(axis, axis, axis, indexing="ij"), -1).reshape(-1, 3)
+    if to_views is not None:
+        centers = to_views(centers)
     inside = carve(dataset.views, dataset.masks_np, dataset.normalization.to_world(centers))
     hull = torch.from_numpy(inside.reshape(1, 1, resolution, resolution, resolution)).float()
     dilated = torch.nn.functional.max_pool3d(hull, kernel_size=5, stride=1, padding=2)
@@ -153,13 +157,17 @@ class Trainer:
         path = self.checkpoint_path(self.step)
         state = {"step": self.step, "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
                  "grid": self.grid.state_dict(), "scaler": self.scaler.state_dict(), "generator": self.generator.get_state(),
-                 "torch_rng": torch.get_rng_state(), "config": self.cfg.to_dict()}
+                 "torch_rng": torch.get_rng_state(), "config": self.cfg.to_dict(), **self.checkpoint_extra()}
         torch.save(state, path + ".tmp")
         os.replace(path + ".tmp", path)
         for old in sorted(glob.glob(os.path.join(self.job_dir, protocol.CHECKPOINTS_DIR, "step_*.pt")))[:-2]:
             os.remove(old)  # keep the last two: one may be half-read by a concurrent extract
         self.write_curves()
         return path
+
+    def checkpoint_extra(self):
+        """More state for the checkpoint (the dynamic trainer's sequence position)."""
+        return {}
 
     def write_curves(self):
         """Redraw JOB/curves.png from the job's events so far. Called with every checkpoint, which is
@@ -175,6 +183,7 @@ class Trainer:
             self.out.log(f"warning: could not draw {path}: {exc}")
 
     def load_checkpoint(self, path):
+        """Restore the training state; returns the checkpoint's dict (for checkpoint_extra's fields)."""
         state = torch.load(path, map_location=self.device, weights_only=False)
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
@@ -184,6 +193,7 @@ class Trainer:
         self.generator.set_state(state["generator"].cpu())
         torch.set_rng_state(state["torch_rng"].cpu())
         self.step = state["step"]
+        return state
 
     @staticmethod
     def latest_checkpoint(job_dir):
@@ -203,6 +213,16 @@ class Trainer:
                            generator=self.generator if jitter else None, background=rc.background,
                            sampler=rc.sampler, fine_samples=rc.fine_samples, up_sample_rounds=rc.up_sample_rounds)
 
+    def lr_factor(self):
+        """The learning rate of this step as a fraction of the configured one."""
+        return learning_rate_factor(self.step, self.cfg.train)
+
+    def sample_rays(self):
+        """A random batch of the training views' rays on the training device, in the model's space:
+        origins, directions, colours and mask values (None without masks)."""
+        return tuple(None if t is None else t.to(self.device)
+                     for t in self.data.sample(self.cfg.train.rays_per_batch, self.generator))
+
     def train_step(self):
         cfg, tc = self.cfg, self.cfg.train
         levels = active_levels(self.step, cfg, cfg.encoding.levels)
@@ -210,11 +230,10 @@ class Trainer:
         eps = numerical_step(self.step, cfg, self.model.sdf.grid.resolutions)
         if self.step % cfg.render.occupancy_update_every == 0:
             self.grid.update(self.sdf_fn, self.model.sharpness())
-        factor = learning_rate_factor(self.step, tc)
+        factor = self.lr_factor()
         for group, base in zip(self.optimizer.param_groups, self.base_lrs):
             group["lr"] = base * factor
-        origins, dirs, rgb_gt, mask = (None if t is None else t.to(self.device)
-                                       for t in self.data.sample(tc.rays_per_batch, self.generator))
+        origins, dirs, rgb_gt, mask = self.sample_rays()
         out = self.render(origins, dirs, cos_anneal=min(1.0, self.step / max(1, cfg.render.cos_anneal_iters)),
                           eps=eps, gradient=tc.gradient, curvature=tc.curvature_weight > 0, jitter=True)
         rgb = out["rgb"]
@@ -250,34 +269,55 @@ class Trainer:
             else:
                 self.load_checkpoint(latest)
                 self.out.log(f"resumed from {latest} at step {self.step}")
+        self.emit_train_stage()
+        self.train_until(tc.iterations)
+        self.save_checkpoint()
+        return self.extract()
+
+    def emit_train_stage(self):
         n = self.data.normalization
         self.out.emit(protocol.STAGE, name="train",
                       region={"center": [round(float(c), 6) for c in n.center], "radius": round(n.radius, 6)})
+
+    def position(self):
+        """Where training stands, for the cancelled event."""
+        return {"iteration": self.step}
+
+    def stop_if_cancelled(self):
+        """On a cancel request: checkpoint, say so, and raise Cancelled."""
+        if self.cancel is not None and self.cancel.is_set():
+            path = self.save_checkpoint()
+            self.out.log(f"cancelled at step {self.step}; checkpoint {path}")
+            self.out.emit(protocol.CANCELLED, checkpoint=path, **self.position())
+            raise Cancelled()
+
+    def train_until(self, end, begin=0, report=None):
+        """Train from self.step up to step `end`, with checkpoints, previews and progress events whose
+        iteration and total count from step `begin`. `report(rate)` may add or replace progress fields
+        (the dynamic trainer's frame and whole-sequence figures); rate is in steps per second."""
+        tc = self.cfg.train
         start_step, started, last_report = self.step, time.monotonic(), 0.0
-        while self.step < tc.iterations:
-            if self.cancel is not None and self.cancel.is_set():
-                path = self.save_checkpoint()
-                self.out.log(f"cancelled at step {self.step}; checkpoint {path}")
-                self.out.emit(protocol.CANCELLED, checkpoint=path, iteration=self.step)
-                raise Cancelled()
+        while self.step < end:
+            self.stop_if_cancelled()
             loss, losses, psnr, levels = self.train_step()
+            self.last_loss = loss
             now = time.monotonic()
-            if now - last_report > 0.5 or self.step == tc.iterations or self.step == start_step + 1:
+            if now - last_report > 0.5 or self.step == end or self.step == start_step + 1:
                 last_report = now
                 rate = (self.step - start_step) / max(now - started, 1e-6)
-                eta = (tc.iterations - self.step) / max(rate, 1e-6)
-                self.out.emit(protocol.PROGRESS, iteration=self.step, total=tc.iterations, loss=round(loss, 6),
+                fields = dict(iteration=self.step - begin, total=end - begin, loss=round(loss, 6),
                               losses={k: round(v, 6) for k, v in losses.items()}, psnr=round(psnr, 3),
-                              eta_s=round(eta, 1), frame=None, levels=levels,
+                              eta_s=round((end - self.step) / max(rate, 1e-6), 1), frame=None, levels=levels,
                               inv_s=round(float(self.model.sharpness().detach()), 2), it_per_s=round(rate, 2))
-                self.out.log(f"step {self.step}/{tc.iterations} loss {loss:.4f} psnr {psnr:.2f} "
-                             f"levels {levels} s {float(self.model.sharpness().detach()):.1f} {rate:.2f} it/s eta {eta:.0f}s")
-            if tc.checkpoint_every and self.step % tc.checkpoint_every == 0 and self.step < tc.iterations:
+                if report is not None:
+                    fields.update(report(rate))
+                self.out.emit(protocol.PROGRESS, **fields)
+                self.out.log(f"step {fields['iteration']}/{fields['total']} loss {loss:.4f} psnr {psnr:.2f} "
+                             f"levels {levels} s {fields['inv_s']:.1f} {rate:.2f} it/s eta {fields['eta_s']:.0f}s")
+            if tc.checkpoint_every and self.step % tc.checkpoint_every == 0 and self.step < end:
                 self.save_checkpoint()
-            if tc.preview_every and self.step % tc.preview_every == 0 and self.step < tc.iterations:
+            if tc.preview_every and (self.step - begin) % tc.preview_every == 0 and self.step < end:
                 self.write_preview()
-        self.save_checkpoint()
-        return self.extract()
 
     # -- meshes ---------------------------------------------------------------------------------
     def region_bounds(self):

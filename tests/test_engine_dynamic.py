@@ -1,0 +1,206 @@
+"""Known answers for dynamic scenes: the composition of rigid transforms, the world placement of
+canonical meshes, and global transformation prediction recovering a known motion."""
+import io
+import math
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from engine.config import InputError, parse_frames, preset
+from engine.data import camera_rays
+from engine.dynamic import SequenceTrainer, select_frames
+from engine.events import Emitter
+from engine.motion import (axis_angle_to_matrix, canonical_from_frame, compose, from_canonical,
+                           matrix_to_axis_angle, rotation_error_deg, to_canonical, world_from_canonical)
+from engine.render import OccupancyGrid, render_rays
+from engine.rig import Rig, View
+from rig_files import look_at
+
+
+def random_rotation(rng, max_angle=math.pi):
+    axis = rng.normal(size=3)
+    axis /= np.linalg.norm(axis)
+    angle = rng.uniform(0.0, max_angle)
+    return axis_angle_to_matrix(torch.tensor(axis * angle, dtype=torch.float64)).numpy()
+
+
+def test_composition_equals_the_product_of_the_frame_to_frame_matrices():
+    """x_{i-1} = R_i (x_i + T_i) chained: the composed (R^c_i, T^c_i) is the product M_1 M_2 ... M_i."""
+    rng = np.random.default_rng(3)
+    rotation, translation, product = np.eye(3), np.zeros(3), np.eye(4)
+    for _ in range(12):
+        relative = random_rotation(rng), rng.normal(size=3) * 0.3
+        rotation, translation = compose(rotation, translation, *relative)
+        product = product @ canonical_from_frame(*relative)
+        assert np.allclose(canonical_from_frame(rotation, translation), product, atol=1e-9)
+        points = rng.normal(size=(20, 3))
+        homogeneous = np.concatenate([points, np.ones((20, 1))], 1) @ product.T
+        assert np.allclose(to_canonical(points, rotation, translation), homogeneous[:, :3], atol=1e-9)
+        assert np.allclose(from_canonical(to_canonical(points, rotation, translation), rotation, translation),
+                           points, atol=1e-9)
+    # The same on torch tensors (what the trainer composes during prediction).
+    relative = random_rotation(rng), rng.normal(size=3)
+    composed = compose(*(torch.tensor(m) for m in (rotation, translation) + relative))
+    expected = compose(rotation, translation, *relative)
+    assert all(np.allclose(a.numpy(), b) for a, b in zip(composed, expected))
+
+
+def test_world_from_canonical_moves_the_canonical_surface_to_the_frame():
+    rng = np.random.default_rng(4)
+    center, radius = np.array([0.3, -1.2, 2.0]), 1.7
+    rotation, translation = random_rotation(rng), rng.normal(size=3) * 0.2
+    canonical = rng.normal(size=(50, 3)) * 0.5                     # normalised, canonical frame
+    frame = from_canonical(canonical, rotation, translation)      # normalised, this frame
+    m = world_from_canonical(rotation, translation, center, radius)
+    world_canonical, world_frame = canonical * radius + center, frame * radius + center
+    assert np.allclose(world_canonical @ m[:3, :3].T + m[:3, 3], world_frame, atol=1e-9)
+    assert np.allclose(m[3], [0, 0, 0, 1]) and np.isclose(np.linalg.det(m[:3, :3]), 1.0)
+
+
+def test_axis_angle_round_trip_and_rotation_error():
+    rng = np.random.default_rng(5)
+    for _ in range(20):
+        w = rng.normal(size=3)
+        w *= rng.uniform(0.0, 3.0) / np.linalg.norm(w)
+        r = axis_angle_to_matrix(torch.tensor(w)).numpy()
+        assert np.allclose(r @ r.T, np.eye(3), atol=1e-9)
+        assert np.allclose(matrix_to_axis_angle(r), w, atol=1e-6)
+        assert math.isclose(rotation_error_deg(np.eye(3), r), math.degrees(np.linalg.norm(w)), abs_tol=1e-4)
+    assert np.allclose(matrix_to_axis_angle(np.eye(3)), 0.0)
+
+
+def test_frame_ranges():
+    assert parse_frames("3:7") == (3, 7) and parse_frames("3:") == (3, None)
+    assert parse_frames(":7") == (None, 7) and parse_frames("5") == (5, 5)
+    for bad in ("a:b", "7:3", "1:2:3", ""):
+        with pytest.raises(InputError):
+            parse_frames(bad)
+    views = [View(image_path=f"{f}.png", width=4, height=4, K=np.eye(3), c2w=np.eye(4), frame=f) for f in (2, 3, 5, 8)]
+    rig = Rig(name="r", path="r.json", views=views)
+    assert select_frames(rig, "3:6") == [3, 5] and select_frames(rig, "") == [2, 3, 5, 8]
+    with pytest.raises(InputError, match="no frame in that range"):
+        select_frames(rig, "9:")
+
+
+# ---------------------------------------------------------------------------------------------
+# Global transformation prediction against a known motion
+
+def shape_sdf(x):
+    """An asymmetric solid (a capsule with a knob), so that every rotation is visible."""
+    a, b = torch.tensor([-0.3, 0.0, 0.0]), torch.tensor([0.3, 0.0, 0.0])
+    h = ((x - a) @ (b - a) / ((b - a) @ (b - a))).clamp(0, 1)
+    capsule = (x - a - h[:, None] * (b - a)).norm(dim=-1) - 0.22
+    knob = (x - torch.tensor([0.15, 0.18, 0.12])).norm(dim=-1) - 0.14
+    return torch.minimum(capsule, knob)
+
+
+def texture(x):
+    return 0.5 + 0.4 * torch.stack([torch.sin(9 * x[:, 0]), torch.cos(7 * x[:, 1] + 2 * x[:, 2]),
+                                    torch.sin(5 * x[:, 2] - 4 * x[:, 0])], -1)
+
+
+def fitted_model(trainer, steps=400):
+    """The trainer's model regressed onto the analytic shape and texture (a stand-in for a trained frame)."""
+    model = trainer.model
+    model.sdf.grid.set_active_levels(trainer.cfg.encoding.levels)
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-2)
+    generator = torch.Generator().manual_seed(0)
+    for _ in range(steps):
+        x = (torch.rand(4096, 3, generator=generator) * 2 - 1) * 0.8
+        sdf, feat = model.sdf(x)
+        truth = shape_sdf(x)
+        near = truth.abs() < 0.1
+        surface = x[near].requires_grad_(True)
+        normal = torch.nn.functional.normalize(torch.autograd.grad(shape_sdf(surface).sum(), surface)[0], dim=-1)
+        rgb = model.color(feat[near], normal, -normal)
+        loss = (sdf - truth).abs().mean() + (rgb - texture(x[near])).abs().mean()
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    model.sharpness.variance.data.fill_(math.log(400.0) / 10)
+    # The placeholder images gave an empty visual hull: the occupancy region is the unit sphere.
+    trainer.grid = OccupancyGrid(trainer.cfg.render.occupancy_resolution)
+    trainer.grid.update(trainer.sdf_fn, model.sharpness())
+
+
+def render_views(trainer, views, rotation, translation):
+    """RGBA images of the model seen by `views` (world = normalised space), the object moved so that
+    a point x of this frame is the model's point R (x + T)."""
+    images = []
+    rotation, translation = (torch.tensor(m, dtype=torch.float32) for m in (rotation, translation))
+    for view in views:
+        pixels = np.stack(np.meshgrid(np.arange(view.width), np.arange(view.height)), -1).reshape(-1, 2)
+        dirs = torch.tensor(camera_rays(view, pixels), dtype=torch.float32)
+        origins = torch.tensor(view.c2w[:3, 3], dtype=torch.float32).expand_as(dirs)
+        with torch.no_grad():
+            out = render_rays(trainer.model, trainer.grid, to_canonical(origins, rotation, translation),
+                              dirs @ rotation.T, 256, cos_anneal=1.0, eps=trainer.model.sdf.finest_cell(),
+                              jitter=False)
+        rgba = torch.cat([out["rgb"], out["opacity"][:, None]], -1).reshape(view.height, view.width, 4)
+        images.append((rgba.clamp(0, 1).numpy() * 255).round().astype(np.uint8))
+    return images
+
+
+def two_frame_rig(folder, count=16, size=40):
+    views = []
+    for frame in (0, 1):
+        for i in range(count):
+            elevation = 0.5 * math.sin(i * 2.4)
+            azimuth = i * 2 * math.pi / count
+            eye = 3.0 * np.array([math.cos(azimuth) * math.cos(elevation), math.sin(azimuth) * math.cos(elevation),
+                                  math.sin(elevation)])
+            K = np.array([[size * 2.2, 0, size / 2], [0, size * 2.2, size / 2], [0, 0, 1]])
+            path = str(folder / f"f{frame}_c{i:02d}.png")
+            Image.new("RGBA", (size, size)).save(path)
+            views.append(View(image_path=path, width=size, height=size, K=K, c2w=look_at(eye, (0, 0, 0)),
+                              camera_id=f"c{i}", frame=frame))
+    return Rig(name="moving", path=str(folder), views=views)
+
+
+@pytest.fixture(scope="module")
+def predicted(tmp_path_factory):
+    """A model fitted to a known object (frame 0), frame 1's images rendered with the object moved by
+    a known rigid motion, and the trainer's prediction of that motion from frame 1's images."""
+    torch.manual_seed(0)
+    folder = tmp_path_factory.mktemp("moving")
+    rig = two_frame_rig(folder)
+    moved = rig.views[len(rig.views) // 2:]  # frame 1 (the trainer keeps the views of the frame in hand)
+    trainer = SequenceTrainer(preset("cpu"), rig, str(folder / "job"), Emitter(stream=io.StringIO()),
+                              region=(0, 0, 0, 1))
+    trainer.load()
+    fitted_model(trainer)
+    axis = np.array([0.3, 1.0, 0.2]) / np.linalg.norm([0.3, 1.0, 0.2])
+    truth = (axis_angle_to_matrix(torch.tensor(axis * math.radians(8.0))).numpy(), np.array([0.04, -0.03, 0.025]))
+    for view, image in zip(moved, render_views(trainer, moved, *truth)):
+        Image.fromarray(image, "RGBA").save(view.image_path)
+    trainer.step = trainer.frame_begin(1)
+    trainer.load_frame(1)
+    trainer.predict_motion()
+    return trainer, truth
+
+
+def test_prediction_recovers_a_known_rigid_motion(predicted):
+    trainer, (rotation, translation) = predicted
+    predicted_rotation, predicted_translation = trainer.relative
+    assert rotation_error_deg(predicted_rotation, rotation) < 1.0
+    # Where the object's points land (the capsule's ends and knob), against the object's size (~1.0).
+    points = np.array([[-0.52, 0, 0], [0.52, 0, 0], [0.15, 0.32, 0.12], [0, -0.22, 0]])
+    error = np.linalg.norm(to_canonical(points, predicted_rotation, predicted_translation)
+                           - to_canonical(points, rotation, translation), axis=1).max()
+    assert error < 0.01, error
+    # It is the frame's canonical transform too (the previous frame is the canonical one here).
+    assert np.allclose(trainer.rotation, predicted_rotation, atol=1e-6)
+
+
+def test_prediction_lowers_the_loss_of_no_motion(predicted):
+    """Without the prediction the frame would be 8 degrees off: the predicted motion's loss is well
+    below that of no motion."""
+    trainer, _ = predicted
+    batch = trainer.data.sample(4096, torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        losses = [float(trainer.prediction_loss(*trainer.transform_tensors(w, t), batch))
+                  for w, t in [(np.zeros(3), np.zeros(3)),
+                               (matrix_to_axis_angle(trainer.relative[0]), trainer.relative[1])]]
+    assert losses[1] < 0.7 * losses[0], losses
