@@ -5,6 +5,12 @@ A reader thread moves decoded stdout events onto a queue and touches nothing els
 the queue on Blender's main thread, updates `wm.marble_job`, and imports the mesh when the engine is
 done. In Blender, `tick` runs as a `bpy.app.timers` callback; the headless bpy module runs no timers,
 so tests and the demo call it in a loop until it returns None.
+
+A dynamic job (its `started` event says "dynamic") grows one collection of per-frame objects as its
+frames finish: each `mesh` event with a frame adds that frame's object (addon.sequence.LiveSequence),
+a resumed job first adds the frames its sequence.json already lists, and `done` makes the collection
+hold exactly the frames of sequence.json. A frame that cannot be imported fails the job and stops
+the engine (it saves a checkpoint, as on cancel).
 """
 import atexit
 import collections
@@ -21,12 +27,14 @@ from ..engine import protocol
 from . import ROOT, preferences
 from . import region as regions
 from . import scene as builders
+from . import sequence as sequences
 
 TICK_SECONDS = 0.2          # how often the timer drains events while a job runs
 MAX_EVENTS_PER_TICK = 200   # keep one tick short even when the engine floods its output
 CANCEL_GRACE_S = 30.0       # after a cancel request: wait this long, then SIGTERM, then as long again, SIGKILL
 EXIT_GRACE_S = 5.0          # the engine exited but something still holds its stdout open
 LOG_TAIL_LINES = 12
+PHASES = {"predict": "predicting its motion", "train": "training"}  # a dynamic job's phases within a frame
 
 _EOF = object()             # put on the queue by the reader thread when stdout closes
 
@@ -36,7 +44,7 @@ class JobError(Exception):
 
 
 class Job:
-    def __init__(self, process, command, job_dir, log_path, log_offset, scene_name, collection_name):
+    def __init__(self, process, command, job_dir, log_path, log_offset, scene_name, collection_name, resume=False):
         self.process = process
         self.command = command
         self.job_dir = job_dir
@@ -54,6 +62,11 @@ class Job:
         self.terminated_at = None
         self.preview_name = None
         self.region_name = None               # an automatic region empty that follows the engine's region
+        self.resume = resume                  # a resumed job goes on with the frames already finished
+        self.dynamic = False                  # set by the started event
+        self.coordinates = "world"            # a dynamic job's mesh coordinates (started event)
+        self.sequence = None                  # a dynamic job's sequence.LiveSequence, made by its first frame
+        self.failure = None                   # why the add-on failed the job (a frame it cannot import)
         self.reader = threading.Thread(target=_read_events, args=(process.stdout, self.events, self.stray_lines),
                                        name="marble-engine-reader", daemon=True)
 
@@ -212,7 +225,7 @@ def start(context, resume=False):
 
     collection = settings.rig_collection
     _job = Job(process, command, job_dir, log_path, log_offset, context.scene.name,
-               collection.name if collection is not None else "")
+               collection.name if collection is not None else "", resume=resume)
     if region_obj is not None and region is None:
         _job.region_name = region_obj.name
     _job.reader.start()
@@ -226,6 +239,10 @@ def start(context, resume=False):
         state.loss = 0.0
         state.psnr = 0.0
         state.mesh_path = ""
+        state.dynamic = False
+        state.frame_count = state.frames_done = 0
+        state.frame_index = -1
+        state.phase = state.sequence_path = ""
     state.state = 'running'
     state.eta_s = 0.0
     state.stage = "resuming" if resume else "starting"
@@ -296,7 +313,8 @@ def _tick(job):
             job.eof = True
             break
         changed = True
-        _handle(job, item, state)
+        if _handle(job, item, state):
+            break  # it imported meshes: the next events wait for the next tick, so Blender stays responsive
 
     now = time.monotonic()
     if job.final is not None and job.final_at is None:
@@ -325,6 +343,10 @@ def _number(value, default=0.0):
     return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else default
 
 
+def _integer(value):
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
 def update_state(state, event):
     """Copy what one engine event says into the job state (figures and messages only, no scene
     changes): shared by the live tick and by restoring a job's state from its events.jsonl."""
@@ -332,22 +354,48 @@ def update_state(state, event):
     if kind == protocol.STARTED:
         device, backend = event.get("device"), event.get("backend")
         state.device = ", ".join(str(x) for x in (device, backend) if x)
+        state.dynamic = bool(event.get("dynamic"))
+        frames = event.get("frames")
+        state.frame_count = len(frames) if state.dynamic and isinstance(frames, list) else 0
     elif kind == protocol.STAGE:
-        state.stage = str(event.get("name", ""))
+        name = str(event.get("name", ""))
+        state.stage = name
+        if name in ("frame", "predict") and _integer(event.get("frame")):
+            state.frame = event["frame"]
+        if name == "frame":
+            state.phase = ""
+            if _integer(event.get("index")):
+                state.frame_index = event["index"]
+            if _integer(event.get("count")):
+                state.frame_count = event["count"]
+        elif name == "predict":
+            state.phase = "predict"
     elif kind == protocol.PROGRESS:
         iteration, total = int(_number(event.get("iteration"))), int(_number(event.get("total")))
         state.iteration = iteration
         if total > 0:
             state.total = total
+        overall = event.get("sequence_progress")
+        if _integer(overall) or isinstance(overall, float):  # a dynamic job: the bar covers every frame
+            state.progress = min(1.0, max(0.0, float(overall)))
+        elif total > 0:
             state.progress = min(1.0, max(0.0, iteration / total))
         state.loss = _number(event.get("loss"), state.loss)
         state.psnr = _number(event.get("psnr"), state.psnr)
         state.eta_s = _number(event.get("eta_s"), state.eta_s)
         frame = event.get("frame")
-        state.frame = int(frame) if isinstance(frame, int) and not isinstance(frame, bool) else -1
+        state.frame = frame if _integer(frame) else -1
+        if _integer(event.get("frame_index")):
+            state.frame_index = event["frame_index"]
+        if _integer(event.get("frame_count")):
+            state.frame_count = event["frame_count"]
+        if event.get("phase") in PHASES:
+            state.phase = event["phase"]
     elif kind == protocol.MESH:
         if event.get("frame") is None and event.get("path"):
             state.mesh_path = str(event["path"])
+        if _integer(event.get("frame")) and event.get("sequence"):
+            state.sequence_path = str(event["sequence"])
     elif kind == protocol.WARNING:
         state.message = str(event.get("message", ""))
     elif kind == protocol.ERROR:
@@ -356,34 +404,58 @@ def update_state(state, event):
     elif kind == protocol.CANCELLED:
         state.state = 'cancelled'
         checkpoint = event.get("checkpoint")
-        state.message = (f"Cancelled at iteration {event.get('iteration', state.iteration)}; Resume goes on "
-                         f"from the checkpoint" if checkpoint else "Cancelled")
+        where = f"iteration {event.get('iteration', state.iteration)}"
+        if _integer(event.get("frame")):
+            where = f"frame {event['frame']}, " + where
+        state.message = f"Cancelled at {where}; Resume goes on from the checkpoint" if checkpoint else "Cancelled"
         state.resumable = bool(checkpoint)
     elif kind == protocol.DONE:
         outputs = event.get("outputs") or {}
         if outputs.get("mesh"):
             state.mesh_path = str(outputs["mesh"])
+        if outputs.get("sequence"):
+            state.sequence_path = str(outputs["sequence"])
+            if _integer(outputs.get("frames")):
+                state.frames_done = outputs["frames"]
         state.progress = 1.0
         state.eta_s = 0.0
 
 
 def _handle(job, event, state):
+    """Act on one event on the main thread. Returns True when it imported meshes (a slow event)."""
     kind = event["event"]
     if state is None:
-        return
+        return False
+    if job.failure is not None:
+        # The add-on already failed this job and asked the engine to stop: only its end still counts.
+        if kind in protocol.FINAL_EVENTS:
+            job.final = kind
+            state.resumable = has_checkpoint(job.job_dir)
+        return False
     if kind in (protocol.ERROR, protocol.CANCELLED, protocol.DONE):
         job.final = kind
     update_state(state, event)
-    if kind == protocol.STAGE and event.get("name") == "train" and isinstance(event.get("region"), dict):
+    if kind == protocol.STARTED:
+        job.dynamic = bool(event.get("dynamic"))
+        if event.get("coordinates") in sequences.COORDINATES:
+            job.coordinates = event["coordinates"]
+        if job.dynamic and job.resume:
+            return _show_finished_frames(job, state)
+    elif kind == protocol.STAGE and event.get("name") == "train" and isinstance(event.get("region"), dict):
         _follow_region(job, event["region"])
     elif kind == protocol.PREVIEW:
         _show_preview(job, event.get("path"))
+    elif kind == protocol.MESH and _integer(event.get("frame")):
+        return _add_frame(job, event, state)
     elif kind == protocol.ERROR:
         state.resumable = has_checkpoint(job.job_dir)
     elif kind == protocol.DONE:
+        _remove_preview(job)
+        outputs = event.get("outputs") or {}
+        if job.dynamic or outputs.get("sequence"):
+            return _finish_sequence(job, state, outputs)
         mesh_path = state.mesh_path or os.path.join(job.job_dir, protocol.MESHES_DIR, protocol.STATIC_MESH_FILE)
         state.mesh_path = mesh_path
-        _remove_preview(job)
         try:
             obj = builders.build_mesh(mesh_path, _target_collection(job), name=_mesh_name(job))
         except (builders.MeshError, OSError) as exc:
@@ -393,6 +465,108 @@ def _handle(job, event, state):
             builders.show_color_attributes(bpy.context.window_manager)
             state.state = 'done'
             state.message = f"Imported '{obj.name}' ({len(obj.data.vertices)} vertices)"
+        return True
+    return False
+
+
+# ---------------------------------------------------------------------------------------------
+# Dynamic jobs: the sequence grows in the scene frame by frame
+
+def sequence_file(job_dir):
+    """A job's meshes/sequence.json (whether or not it exists)."""
+    return os.path.join(job_dir, protocol.MESHES_DIR, protocol.SEQUENCE_FILE)
+
+
+def _scene(job):
+    return bpy.data.scenes.get(job.scene_name) or bpy.context.scene
+
+
+def _sequence_name(job):
+    return f"{job.collection_name} sequence" if job.collection_name else "Marble sequence"
+
+
+def _live_sequence(job, path, coordinates):
+    """The job's sequence collection: the one it made, else (resuming) the one an earlier run of the job
+    made in the scene, else a new one where the static job's mesh would go."""
+    if job.sequence is not None and job.sequence.collection is not None:
+        return job.sequence
+    scene = _scene(job)
+    live = sequences.LiveSequence.find(job.job_dir, scene) if job.resume else None
+    if live is None:
+        live = sequences.LiveSequence.create(_sequence_name(job), _target_collection(job), path, coordinates,
+                                             job.job_dir, scene)
+    job.sequence = live
+    return live
+
+
+def _add_frame(job, event, state):
+    """A finished frame's mesh event: its object joins the job's sequence collection."""
+    frame = event["frame"]
+    try:
+        coordinates, entry = sequences.entry_from_event(event, job.coordinates)
+        arrays = sequences.read_frame_mesh(entry)  # before anything is made: a bad file changes nothing
+        live = _live_sequence(job, event.get("sequence") or sequence_file(job.job_dir), coordinates)
+        first = not live.frames()
+        obj = live.add(entry, _scene(job), arrays, canonical=coordinates == "canonical")
+    except (ValueError, OSError) as exc:  # SequenceError and MeshError are ValueErrors
+        _fail(job, state, f"Frame {frame}'s mesh cannot be imported: {exc}")
+        return True
+    if first:
+        builders.show_color_attributes(bpy.context.window_manager)
+    count = len(live.frames())
+    state.frames_done = count
+    state.message = (f"Frame {frame}: '{obj.name}' ({len(obj.data.vertices)} vertices); "
+                     f"{count} frame{'s' if count != 1 else ''} in '{live.name}'")
+    return True
+
+
+def _show_finished_frames(job, state):
+    """A resumed dynamic job: the engine does not send the frames it finished before again, so they come
+    from its sequence.json (those the scene lacks; e.g. the job was resumed in a new Blender session)."""
+    path = sequence_file(job.job_dir)
+    if not os.path.isfile(path):
+        return False
+    try:
+        sequence = sequences.read_sequence(path)
+        live = _live_sequence(job, path, sequence.coordinates)
+        live.sync(sequence, _scene(job))
+    except (ValueError, OSError) as exc:
+        _fail(job, state, f"The frames this job finished before cannot be imported: {exc}")
+        return True
+    state.sequence_path = path
+    state.frames_done = len(live.frames())
+    return True
+
+
+def _finish_sequence(job, state, outputs):
+    """A dynamic job's done: the collection holds exactly the frames of its sequence.json."""
+    path = str(outputs.get("sequence") or sequence_file(job.job_dir))
+    try:
+        sequence = sequences.read_sequence(path)
+        live = _live_sequence(job, path, sequence.coordinates)
+        live.sync(sequence, _scene(job), remove_missing=True)
+    except (ValueError, OSError) as exc:
+        state.state = 'failed'
+        state.message = f"The engine finished but its sequence cannot be imported: {exc}"
+        return True
+    builders.show_color_attributes(bpy.context.window_manager)
+    frames = live.frames()
+    state.state = 'done'
+    state.sequence_path = sequence.path
+    state.frames_done = len(frames)
+    state.message = (f"Imported {len(frames)} frame{'s' if len(frames) != 1 else ''} ({frames[0]} to "
+                     f"{frames[-1]}) into '{live.name}'")
+    return True
+
+
+def _fail(job, state, message):
+    """The add-on cannot go on with this job: show why and stop the engine (it saves a checkpoint)."""
+    job.failure = message
+    state.state = 'failed'
+    state.message = message
+    if job.final is None and job.cancel_requested_at is None:
+        job.cancel_requested_at = time.monotonic()
+        _send_cancel(job)
 
 
 def shown_job_dir(context):
@@ -426,8 +600,10 @@ def restore_state(scene, state):
     state.state = 'idle'
     state.progress = state.loss = state.psnr = state.eta_s = 0.0
     state.iteration = state.total = 0
-    state.frame = -1
-    state.stage = state.message = state.device = state.mesh_path = ""
+    state.frame = state.frame_index = -1
+    state.frame_count = state.frames_done = 0
+    state.dynamic = False
+    state.stage = state.message = state.device = state.mesh_path = state.phase = state.sequence_path = ""
     state.resumable = False
     state.job_dir = job_dir
     if not events_path or not os.path.isfile(events_path):
@@ -442,19 +618,40 @@ def restore_state(scene, state):
             final = event["event"]
         elif event.get("event") == protocol.STARTED:
             final = None  # a resumed run starts over in the same file
+    if state.dynamic:
+        # The frames finished so far are those sequence.json lists (a resumed run does not announce them again).
+        path = state.sequence_path or sequence_file(job_dir)
+        if os.path.isfile(path):
+            state.sequence_path = path
+            state.frames_done = sequences.count_frames(path)
     if final == protocol.DONE:
         state.state = 'done'
-        state.message = f"Finished; mesh: {state.mesh_path}" if state.mesh_path else "Finished"
+        if state.dynamic:
+            state.message = (f"Finished: {state.frames_done} frames; sequence: {state.sequence_path}"
+                             if state.sequence_path else "Finished")
+        else:
+            state.message = f"Finished; mesh: {state.mesh_path}" if state.mesh_path else "Finished"
     elif final is None:
         # No final event: the engine was stopped with Blender, or killed.
         state.resumable = has_checkpoint(job_dir)
         state.state = 'cancelled' if state.resumable else 'failed'
-        state.message = (f"Interrupted at iteration {state.iteration}" + ("; Resume goes on from the last "
+        where = f"iteration {state.iteration}"
+        if state.dynamic and state.frame >= 0:
+            where = f"frame {state.frame}{frame_position(state, ' ({} of {})')}, " + where
+        state.message = (f"Interrupted at {where}" + ("; Resume goes on from the last "
                          "checkpoint" if state.resumable else "; no checkpoint was saved, train again"))
     else:
         state.resumable = has_checkpoint(job_dir)
     state.eta_s = 0.0
     return True
+
+
+def frame_position(state, template="{} of {}"):
+    """`template` filled with the trained frame's 1-based position and the job's frame count; "" when
+    they are not known."""
+    if state.frame_index < 0 or state.frame_count <= 0:
+        return ""
+    return template.format(state.frame_index + 1, state.frame_count)
 
 
 def _follow_region(job, reported):
@@ -513,7 +710,11 @@ def _remove_preview(job):
 
 def _finish(job, returncode, state):
     _remove_preview(job)
-    if state is not None and job.final is None:
+    if state is not None and job.failure is not None:
+        state.state = 'failed'
+        state.message = job.failure
+        state.resumable = has_checkpoint(job.job_dir)
+    elif state is not None and job.final is None:
         state.resumable = has_checkpoint(job.job_dir)
         if job.cancel_requested_at is not None:
             state.state = 'cancelled'

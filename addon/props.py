@@ -69,6 +69,17 @@ class MarbleJobState(bpy.types.PropertyGroup):
     eta_s: bpy.props.FloatProperty(name="ETA", description="Estimated seconds left")
     stage: bpy.props.StringProperty(name="Stage")
     frame: bpy.props.IntProperty(name="Frame", default=-1, description="Frame being trained (-1: a static job)")
+    dynamic: bpy.props.BoolProperty(name="Dynamic", description="The job trains a sequence of frames, one mesh each")
+    frame_index: bpy.props.IntProperty(name="Frame Index", default=-1,
+                                       description="Position of the frame being trained in the job's frames "
+                                                   "(0-based; -1: none)")
+    frame_count: bpy.props.IntProperty(name="Frame Count", description="How many frames the dynamic job trains")
+    frames_done: bpy.props.IntProperty(name="Frames Done",
+                                       description="Finished frames (in the job's sequence.json and in the scene)")
+    phase: bpy.props.StringProperty(name="Phase", description="What the dynamic job does within its frame: "
+                                                              "predict (its rigid motion) or train")
+    sequence_path: bpy.props.StringProperty(name="Sequence", subtype='FILE_PATH',
+                                            description="The dynamic job's meshes/sequence.json")
     message: bpy.props.StringProperty(name="Message")
     job_dir: bpy.props.StringProperty(name="Job Folder", subtype='DIR_PATH')
     mesh_path: bpy.props.StringProperty(name="Mesh", subtype='FILE_PATH')

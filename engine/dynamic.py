@@ -236,12 +236,19 @@ class SequenceTrainer(Trainer):
                       seconds=round(seconds, 3), world_from_canonical=matrix, coordinates=coordinates,
                       sequence=sequence)
 
+    def remove_old_sequence(self):
+        """A fresh run into a used job folder: the frames of an earlier run must not look like this one's."""
+        folder = os.path.join(self.job_dir, protocol.MESHES_DIR)
+        for name in os.listdir(folder):
+            if name == protocol.SEQUENCE_FILE or (name.startswith("frame_") and name.endswith(".ply")):
+                os.remove(os.path.join(folder, name))
+
     def write_sequence(self):
         path = os.path.join(self.job_dir, protocol.MESHES_DIR, protocol.SEQUENCE_FILE)
-        data = {"coordinates": self.cfg.dynamic.coordinates,
-                "frames": sorted(self.entries, key=lambda e: e["frame"])}
+        # One line per frame: the file is rewritten after every frame of sequences hundreds long.
+        frames = ",\n  ".join(json.dumps(e, separators=(",", ":")) for e in sorted(self.entries, key=lambda e: e["frame"]))
         with open(path + ".tmp", "w", encoding="utf-8") as f:
-            json.dump(data, f, indent=1)
+            f.write(f'{{"coordinates": {json.dumps(self.cfg.dynamic.coordinates)},\n "frames": [\n  {frames}]}}\n')
         os.replace(path + ".tmp", path)
         return path
 
@@ -277,15 +284,15 @@ class SequenceTrainer(Trainer):
         self.out.log(f"dynamic rig: {len(self.frames)} frames ({self.frames[0]} to {self.frames[-1]}), "
                      f"{tc.iterations} steps for the first, {self.cfg.dynamic.frame_iterations} for each next; "
                      f"global transformation prediction {'on' if self.prediction_steps() else 'off'}")
-        if resume:
-            latest = self.latest_checkpoint(self.job_dir)
-            if latest is None:
+        latest = self.latest_checkpoint(self.job_dir) if resume else None
+        if latest is None:
+            if resume:
                 self.out.warn("--resume: the job has no checkpoint yet; starting from the beginning")
-            else:
-                self.restore_sequence(self.load_checkpoint(latest), latest)
-                where = (f"frame {self.frame} ({self.phase})" if self.index < len(self.frames)
-                         else "the end of the sequence")
-                self.out.log(f"resumed from {latest} at {where}, step {self.step}")
+            self.remove_old_sequence()
+        else:
+            self.restore_sequence(self.load_checkpoint(latest), latest)
+            where = f"frame {self.frame} ({self.phase})" if self.index < len(self.frames) else "the end of the sequence"
+            self.out.log(f"resumed from {latest} at {where}, step {self.step}")
         self.emit_train_stage()
         while self.index < len(self.frames):
             self.train_frame()
@@ -304,6 +311,7 @@ class SequenceTrainer(Trainer):
                 self.rotation, self.translation = self.previous
             self.phase = "train"
             self.update_region()
+            self.out.emit(protocol.STAGE, name="train", frame=self.frame)
         end = self.frame_begin(index + 1)
         if self.step < end:
             self.train_until(end, begin=self.frame_begin(index), report=self.report)

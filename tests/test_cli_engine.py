@@ -117,7 +117,7 @@ def read_until(proc, kind, timeout=120):
             events.append(event)
             if event["event"] == kind:
                 return events
-    raise AssertionError(f"no {kind} event; got {events}; stderr: {proc.stderr.read()}")
+    raise AssertionError(f"no {kind} event; got {events}; stderr: {proc.stderr.read() if proc.stderr else '(in a file)'}")
 
 
 @pytest.mark.parametrize("how", ["stdin", "sigterm", "sigint", "stdin closed"])

@@ -204,3 +204,27 @@ def test_prediction_lowers_the_loss_of_no_motion(predicted):
                   for w, t in [(np.zeros(3), np.zeros(3)),
                                (matrix_to_axis_angle(trainer.relative[0]), trainer.relative[1])]]
     assert losses[1] < 0.7 * losses[0], losses
+
+
+def test_frame_meshes_in_world_and_canonical_coordinates(predicted):
+    """The frame's world mesh is its canonical mesh moved by world_from_canonical; the canonical one
+    lies on the known object where frame 0 had it; sequence.json says which it holds."""
+    import json
+    import os
+    trainer, _ = predicted
+    world, canonical = trainer.mesh(48, "world"), trainer.mesh(48, "canonical")
+    m = trainer.world_from_canonical()
+    assert len(world[1]) > 100 and np.array_equal(world[1], canonical[1])
+    assert np.allclose(canonical[0] @ m[:3, :3].T + m[:3, 3], world[0], atol=1e-5)
+    on_surface = shape_sdf(torch.tensor(canonical[0], dtype=torch.float32)).abs()  # world = normalised here
+    assert float(on_surface.mean()) < 0.02
+    trainer.cfg.dynamic.coordinates = "canonical"
+    try:
+        trainer.finish_frame(0.5)
+    finally:
+        trainer.cfg.dynamic.coordinates = "world"
+    with open(os.path.join(trainer.job_dir, "meshes", "sequence.json")) as f:
+        sequence = json.load(f)
+    assert sequence["coordinates"] == "canonical" and [e["frame"] for e in sequence["frames"]] == [1]
+    assert np.allclose(sequence["frames"][0]["world_from_canonical"], m, atol=1e-8)
+    assert os.path.isfile(os.path.join(trainer.job_dir, "meshes", sequence["frames"][0]["mesh"]))

@@ -1,5 +1,6 @@
 # SPDX-License-Identifier: GPL-3.0-or-later
 """View3D > Sidebar > Marble: rig, training settings, live progress, results."""
+import os
 import textwrap
 
 import bpy
@@ -23,6 +24,37 @@ def format_duration(seconds):
 
 def _number(x):
     return f"{round(float(x), 4) + 0.0:.4g}"  # + 0.0: no "-0"
+
+
+def frame_text(job):
+    """"Frame F (k+1 of N)" for a dynamic job's frame in training; "" for a static job."""
+    if not job.dynamic or job.frame < 0:
+        return ""
+    position = jobs.frame_position(job)
+    return f"Frame {job.frame}" + (f" ({position})" if position else "")
+
+
+def phase_text(job):
+    """What the dynamic job does within its frame, for the panel; "" when unknown or static."""
+    return jobs.PHASES.get(job.phase, "").capitalize() if job.dynamic else ""
+
+
+def stage_text(job):
+    """The stage shown beside the job's state: a dynamic job's phase while it predicts or trains a frame
+    (the engine announces "predict" and then "train" per frame)."""
+    if job.dynamic and job.phase and job.stage in ("frame", "predict", "train"):
+        return job.phase
+    return job.stage
+
+
+def job_sequence(context):
+    """The shown job's sequence.json when it has one (a dynamic job's frames so far), else ""."""
+    job = context.window_manager.marble_job
+    if job.sequence_path and os.path.isfile(bpy.path.abspath(job.sequence_path)):
+        return os.path.abspath(bpy.path.abspath(job.sequence_path))
+    job_dir = jobs.shown_job_dir(context)
+    path = jobs.sequence_file(job_dir) if job_dir else ""
+    return path if path and os.path.isfile(path) else ""
 
 
 def _wrapped_labels(layout, text, icon='NONE', width=48, max_lines=14):
@@ -146,15 +178,23 @@ class MARBLE_PT_job(MarbleSubPanel, bpy.types.Panel):
     def draw(self, context):
         layout = self.layout
         job = context.window_manager.marble_job
-        layout.label(text=job.state.capitalize() + (f": {job.stage}" if job.stage else ""))
+        stage = stage_text(job)
+        layout.label(text=job.state.capitalize() + (f": {stage}" if stage else ""))
         text = f"{100.0 * job.progress:.0f}%"
         if job.state in ACTIVE_STATES and job.eta_s > 0:
             text += f", {format_duration(job.eta_s)} left"
         layout.progress(factor=job.progress, type='BAR', text=text)
         col = layout.column(align=True)
+        if job.dynamic:
+            frame = frame_text(job)
+            phase = phase_text(job) if job.state in ACTIVE_STATES else ""
+            if frame:
+                col.label(text=frame + (f": {phase.lower()}" if phase else ""), icon='SEQUENCE')
+            if job.frame_count:
+                col.label(text=f"Frames done: {job.frames_done} of {job.frame_count}")
         total = f" / {job.total}" if job.total else ""
-        col.label(text=f"Iteration: {job.iteration}{total}")
-        if job.frame >= 0:
+        col.label(text=f"{'Step in frame' if job.dynamic else 'Iteration'}: {job.iteration}{total}")
+        if job.frame >= 0 and not job.dynamic:
             col.label(text=f"Frame: {job.frame}")
         col.label(text=f"Loss: {job.loss:.4f}")
         col.label(text=f"PSNR: {job.psnr:.2f} dB")
@@ -179,7 +219,11 @@ class MARBLE_PT_results(MarbleSubPanel, bpy.types.Panel):
         col = layout.column(align=True)
         col.operator("marble.import_mesh", icon='IMPORT')
         if hasattr(bpy.types, "MARBLE_OT_import_sequence"):
-            col.operator("marble.import_sequence", icon='SEQUENCE')
+            # A job with a sequence: the file browser opens on its sequence.json.
+            sequence = job_sequence(context)
+            op = col.operator("marble.import_sequence", icon='SEQUENCE')
+            if sequence:
+                op.filepath = sequence
         row = layout.row(align=True)
         row.operator("marble.show_curves", icon='GRAPH')
         row.operator("marble.open_job_folder", icon='FILE_FOLDER')
