@@ -42,7 +42,6 @@ that the object is fully in frame at every frame. The benchmark uses at least 8 
 reaches its full amplitude at frame 7); 2 is the least this module makes.
 """
 import argparse
-import json
 import math
 import os
 import shutil
@@ -58,6 +57,7 @@ if REPO not in sys.path:
 
 from demo import scene as demo_scene  # noqa: E402
 from engine.plyio import write_ply  # noqa: E402
+from engine.protocol import write_json  # noqa: E402
 from engine.rig import OPENGL_TO_OPENCV, Rig, View, write_transforms  # noqa: E402
 
 FRAMES = 10
@@ -280,18 +280,6 @@ def _check_arguments(frames, cameras, width, height, samples):
         raise ValueError("; ".join(problems))
 
 
-def _write_json(path, data):
-    tmp = path + ".tmp"
-    try:
-        with open(tmp, "w", encoding="utf-8") as f:
-            json.dump(data, f, indent=2)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
-
-
 def render_dynamic_dataset(out_dir, frames=FRAMES, cameras=CAMERAS, size=(SIZE, SIZE), samples=SAMPLES,
                            verbose=False):
     """Render the dynamic dataset into `out_dir` (see the module's docstring for the layout).
@@ -361,7 +349,7 @@ def render_dynamic_dataset(out_dir, frames=FRAMES, cameras=CAMERAS, size=(SIZE, 
         write_ply(path, frame["world"], data["triangles"])
         truth.append(path)
     motion_path = os.path.join(truth_dir, "motion.json")
-    _write_json(motion_path, {
+    write_json(motion_path, {
         "frames": [{"frame": frame["frame"], "world_from_object": frame["world_from_object"].tolist(),
                     "world_from_canonical": frame["world_from_canonical"].tolist(),
                     "deformation": frame["deformation"], "deformation_amplitude": frame["amplitude"]}

@@ -6,12 +6,12 @@ without, it is guessed from where the cameras look (a warning says so).
 """
 import dataclasses
 import json
-import os
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 
+from .protocol import write_json
 from .rig import RigError, image_size
 
 try:
@@ -48,11 +48,8 @@ class Normalization:
         return cls(center=m[:3, 3].copy(), radius=float(scale))
 
     def save(self, path):
-        tmp = path + ".tmp"
-        with open(tmp, "w", encoding="utf-8") as f:
-            json.dump({"center": self.center.tolist(), "radius": float(self.radius),
-                       "normalized_to_world": self.matrix().tolist()}, f, indent=2)
-        os.replace(tmp, path)
+        write_json(path, {"center": self.center.tolist(), "radius": float(self.radius),
+                          "normalized_to_world": self.matrix().tolist()})
 
     @classmethod
     def load(cls, path):

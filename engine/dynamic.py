@@ -247,9 +247,8 @@ class SequenceTrainer(Trainer):
         path = os.path.join(self.job_dir, protocol.MESHES_DIR, protocol.SEQUENCE_FILE)
         # One line per frame: the file is rewritten after every frame of sequences hundreds long.
         frames = ",\n  ".join(json.dumps(e, separators=(",", ":")) for e in sorted(self.entries, key=lambda e: e["frame"]))
-        with open(path + ".tmp", "w", encoding="utf-8") as f:
-            f.write(f'{{"coordinates": {json.dumps(self.cfg.dynamic.coordinates)},\n "frames": [\n  {frames}]}}\n')
-        os.replace(path + ".tmp", path)
+        protocol.write_atomic(path, f'{{"coordinates": {json.dumps(self.cfg.dynamic.coordinates)},\n'
+                                    f' "frames": [\n  {frames}]}}\n')
         return path
 
     # -- checkpoints -------------------------------------------------------------------------------

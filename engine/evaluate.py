@@ -4,13 +4,13 @@ PSNR is over the whole image, both sides composited on the job's background the 
 training (with masks: the photograph outside its mask is the background); mask IoU compares the
 rendered opacity (> 0.5) with the mask.
 """
-import json
 import math
 import os
 
 import numpy as np
 import torch
 
+from . import protocol
 from .data import camera_rays, downscaled_view, load_image
 
 
@@ -68,7 +68,5 @@ def evaluate_views(trainer, views, downscale, out_dir):
     summary = {"views": results, "psnr": float(np.mean([r["psnr"] for r in results])),
                "mask_iou": float(np.mean(ious)) if ious else None, "downscale": downscale}
     path = os.path.join(out_dir, "eval.json")
-    with open(path + ".tmp", "w", encoding="utf-8") as f:
-        json.dump(summary, f, indent=2)
-    os.replace(path + ".tmp", path)
+    protocol.write_json(path, summary)
     return path, summary

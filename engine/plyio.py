@@ -3,9 +3,10 @@
 Blender's Python imports this module too (the add-on imports engine meshes with it), so it needs
 nothing but numpy.
 """
-import os
 
 import numpy as np
+
+from .protocol import write_atomic
 
 
 class PlyError(ValueError):
@@ -32,12 +33,7 @@ def write_ply(path, vertices, faces, colors=None):
         vdata["red"], vdata["green"], vdata["blue"] = rgb.T
     fdata = np.empty(len(faces), dtype=[("n", "u1"), ("i", "<i4", (3,))])
     fdata["n"], fdata["i"] = 3, faces
-    tmp = path + ".tmp"
-    with open(tmp, "wb") as f:
-        f.write(("\n".join(header) + "\n").encode("ascii"))
-        f.write(vdata.tobytes())
-        f.write(fdata.tobytes())
-    os.replace(tmp, path)
+    write_atomic(path, ("\n".join(header) + "\n").encode("ascii") + vdata.tobytes() + fdata.tobytes())
 
 
 def read_triangles(path):

@@ -5,6 +5,7 @@ module, so the names below are the single source of truth for the contract in DE
 """
 import json
 import math
+import os
 
 # Every event has "event" (one of these) and "t" (seconds since the engine started).
 # Dynamic jobs (a rig with several frames) add the fields after the semicolons.
@@ -45,6 +46,25 @@ SEQUENCE_FILE = "sequence.json"       # a dynamic job's frames, in MESHES_DIR
 FRAME_MESH_FILE = "frame_{:06d}.ply"  # a dynamic job's mesh of one frame, in MESHES_DIR
 LOG_FILE = "engine.log"  # stderr of the engine, kept by the add-on
 CURVES_FILE = "curves.png"  # loss and PSNR against iteration, redrawn at each checkpoint
+
+
+def write_atomic(path, content):
+    """Write `content` (str, as UTF-8, or bytes) to `path` through a temporary file renamed over it, so
+    that readers never see half a file; the temporary file is removed when writing fails."""
+    tmp = path + ".tmp"
+    try:
+        with open(tmp, "wb") as f:
+            f.write(content.encode("utf-8") if isinstance(content, str) else content)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
+
+
+def write_json(path, data):
+    """`data` as indented JSON, written atomically (write_atomic)."""
+    write_atomic(path, json.dumps(data, indent=2) + "\n")
 
 
 def make_event(kind, t, **fields):

@@ -1,7 +1,6 @@
 """Static-scene training: NeuS volume rendering of a hash-grid SDF, with progressive levels,
 numerical gradients, eikonal/curvature/mask losses, checkpoints, cancel and resume."""
 import glob
-import json
 import math
 import os
 import time
@@ -388,6 +387,4 @@ def curvature_schedule(step, cfg):
 
 def write_config(job_dir, cfg):
     path = os.path.join(job_dir, protocol.CONFIG_FILE)
-    with open(path + ".tmp", "w", encoding="utf-8") as f:
-        json.dump(cfg.to_dict(), f, indent=2)
-    os.replace(path + ".tmp", path)
+    protocol.write_json(path, cfg.to_dict())

@@ -28,6 +28,7 @@ import struct
 
 import numpy as np
 
+from ..protocol import write_atomic
 from .model import Rig, RigError, View, check_view, skew_warning
 
 MODELS = {0: ("SIMPLE_PINHOLE", 3), 1: ("PINHOLE", 4), 2: ("SIMPLE_RADIAL", 4), 3: ("RADIAL", 5),
@@ -446,14 +447,5 @@ def write_colmap_text(rig, folder):
                          "# Number of points: 0, mean track length: 0"],
     }
     for name, lines in files.items():
-        path = os.path.join(folder, name)
-        tmp = path + ".tmp"
-        try:
-            with open(tmp, "w", encoding="utf-8") as f:
-                f.write("\n".join(lines) + "\n")
-            os.replace(tmp, path)
-        except BaseException:
-            if os.path.exists(tmp):
-                os.remove(tmp)
-            raise
+        write_atomic(os.path.join(folder, name), "\n".join(lines) + "\n")
     return warnings

@@ -43,6 +43,7 @@ import os
 
 import numpy as np
 
+from ..protocol import write_json
 from . import neus2
 from .model import (OPENGL_TO_OPENCV, Rig, RigError, View, as_matrix, check_view, image_size,
                     similarity_scale, skew_warning)
@@ -388,12 +389,4 @@ def write_transforms(rig, path):
         similarity_scale(normalization, f"{path}: the rig's normalisation")
         data[NORMALIZATION_KEY] = normalization.tolist()
     data["frames"] = frames
-    tmp = path + ".tmp"
-    try:
-        with open(tmp, "w", encoding="utf-8") as f:
-            json.dump(data, f, indent=2)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
+    write_json(path, data)
