@@ -177,6 +177,8 @@ class SequenceTrainer(Trainer):
                 value = self.prediction_loss(axis_angle, translation, frame_rays())
                 optimizer.zero_grad(set_to_none=True)
                 value.backward()
+                if not all(torch.isfinite(p.grad).all() for p in (axis_angle, translation)):
+                    continue  # a batch without a usable gradient must not spoil the motion
                 optimizer.step()
                 loss, now = float(value.detach()), time.monotonic()
                 if now - last_report > 0.5 or step + 1 == dc.prediction_iterations:

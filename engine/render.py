@@ -65,7 +65,9 @@ def sphere_chord(origins, dirs, radius=1.0):
     c = (origins * origins).sum(-1) - radius * radius
     disc = b * b - c
     hit = disc > 0
-    root = disc.clamp_min(0).sqrt()
+    # Not sqrt(clamp(disc)): its gradient at 0 is infinite, and 0 * inf is NaN for the rays that miss
+    # when the rays themselves are optimised (a dynamic frame's motion).
+    root = torch.where(hit, disc, torch.ones_like(disc)).sqrt()
     near = (-b - root).clamp_min(0.0)
     far = -b + root
     return near, far, hit & (far > near)

@@ -228,3 +228,16 @@ def test_frame_meshes_in_world_and_canonical_coordinates(predicted):
     assert sequence["coordinates"] == "canonical" and [e["frame"] for e in sequence["frames"]] == [1]
     assert np.allclose(sequence["frames"][0]["world_from_canonical"], m, atol=1e-8)
     assert os.path.isfile(os.path.join(trainer.job_dir, "meshes", sequence["frames"][0]["mesh"]))
+
+
+def test_prediction_gradients_stay_finite_for_rays_that_miss_the_region(predicted):
+    """Rays that pass beside the unit sphere (the photographs' edges) give no gradient, not NaN."""
+    trainer, _ = predicted
+    origins = torch.tensor([[0.0, 0.0, -3.0], [0.0, 1.0, -3.0], [0.0, 5.0, -3.0], [0.3, 0.0, -3.0]])
+    dirs = torch.tensor([[0.0, 0.0, 1.0]] * 4)
+    batch = (origins, dirs, torch.full((4, 3), 0.5), torch.tensor([1.0, 0.0, 0.0, 1.0]))
+    axis_angle = torch.zeros(3, requires_grad=True)
+    translation = torch.zeros(3, requires_grad=True)
+    trainer.prediction_loss(axis_angle, translation, batch).backward()
+    assert torch.isfinite(axis_angle.grad).all() and torch.isfinite(translation.grad).all()
+    assert axis_angle.grad.abs().sum() + translation.grad.abs().sum() > 0
