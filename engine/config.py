@@ -147,6 +147,10 @@ class Config:
             section, name = key.split(".")
             if getattr(getattr(self, section), name) < 0:
                 raise InputError(f"{key} must be at least 0, got {getattr(getattr(self, section), name)}")
+        for key in ("dynamic.frame_lr_factor", "dynamic.prediction_lr"):
+            section, name = key.split(".")
+            if not getattr(getattr(self, section), name) > 0:
+                raise InputError(f"{key} must be positive, got {getattr(getattr(self, section), name)}")
         if self.dynamic.frames:
             parse_frames(self.dynamic.frames)
 

@@ -71,6 +71,20 @@ def test_axis_angle_round_trip_and_rotation_error():
     assert np.allclose(matrix_to_axis_angle(np.eye(3)), 0.0)
 
 
+def test_dynamic_settings_are_checked():
+    cfg = preset("cpu")
+    cfg.set("dynamic.frames=2:5")
+    cfg.set("dynamic.coordinates=canonical")
+    cfg.set("dynamic.predict_transform=off")
+    assert (cfg.dynamic.frames, cfg.dynamic.coordinates, cfg.dynamic.predict_transform) == ("2:5", "canonical", False)
+    for bad, message in [("dynamic.frames=5:2", "before the first"), ("dynamic.coordinates=local", "world, canonical"),
+                         ("dynamic.frame_lr_factor=0", "positive"), ("dynamic.prediction_iterations=-1", "at least 0"),
+                         ("dynamic.frame_iterations=0", "at least 1")]:
+        with pytest.raises(InputError, match=message):
+            preset("cpu").set(bad)
+    assert preset("fast").dynamic.frame_iterations == 2000 and preset("cpu").dynamic.prediction_iterations == 100
+
+
 def test_frame_ranges():
     assert parse_frames("3:7") == (3, 7) and parse_frames("3:") == (3, None)
     assert parse_frames(":7") == (None, 7) and parse_frames("5") == (5, 5)
