@@ -144,7 +144,8 @@ def dynamic_engine(marble, tmp_path, monkeypatch):
     (root / "engine").mkdir(parents=True)
     (root / "engine" / "__init__.py").write_text("")
     (root / "engine" / "__main__.py").write_text(FAKE_ENGINE)
-    shutil.copy(os.path.join(REPO, "engine", "plyio.py"), root / "engine" / "plyio.py")
+    for module in ("plyio.py", "protocol.py"):  # the stand-in writes real meshes (plyio needs protocol)
+        shutil.copy(os.path.join(REPO, "engine", module), root / "engine" / module)
     monkeypatch.setattr(marble.jobs, "engine_root", lambda: str(root))
     rig_path = make_rig(tmp_path, ring_cameras(count=2), name="studio")
     assert bpy.ops.marble.import_rig(filepath=rig_path) == {'FINISHED'}
