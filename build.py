@@ -44,7 +44,11 @@ PINS = {
     "pillow": "12.0.0",
     "pytest": "9.2.0",
     "scipy": "1.15.3",      # k-d tree for exact point-to-surface distances (engine.metrics)
+    "triton": "3.7.1",      # the GPU kernels' compiler (the version torch 2.13's CUDA build pins); on the CPU
+                            # its interpreter runs the kernels for the tests (TRITON_INTERPRET=1)
 }
+# Pins installed only where the package has wheels (Triton: Linux).
+PLATFORM_PINS = {"triton": ("linux",)}
 IMPORT_NAMES = {"PyMCubes": "mcubes", "pillow": "PIL"}
 TORCH_INDEX_ENV = "MARBLE_TORCH_INDEX"
 STAMP_FILE = "marble-setup.json"
@@ -112,8 +116,14 @@ def find_base_python():
                      f"pyenv or uv) and run `python{wanted} build.py setup`.")
 
 
+def platform_pins():
+    """PINS less the packages this platform has no wheels for."""
+    return {name: version for name, version in PINS.items()
+            if name not in PLATFORM_PINS or sys.platform.startswith(PLATFORM_PINS[name])}
+
+
 def requirements():
-    return [f"{name}=={version}" for name, version in PINS.items()]
+    return [f"{name}=={version}" for name, version in platform_pins().items()]
 
 
 def _variant():
@@ -150,7 +160,7 @@ def check_packages(python=None):
     """Problems with the venv's packages (missing, wrong version, import fails); [] when all is well."""
     python = python or venv_python()
     with tempfile.TemporaryDirectory(prefix="marble-check-") as tmp:
-        result = subprocess.run([python, "-c", _CHECK_SNIPPET, json.dumps(PINS), json.dumps(IMPORT_NAMES)],
+        result = subprocess.run([python, "-c", _CHECK_SNIPPET, json.dumps(platform_pins()), json.dumps(IMPORT_NAMES)],
                                 capture_output=True, text=True, env=isolated_env(tmp), cwd=tmp)
     try:
         return json.loads(result.stdout.strip().splitlines()[-1])

@@ -33,6 +33,9 @@ def parse_args(argv):
     train.add_argument("--preset", choices=presets, default="cpu")
     train.add_argument("--iterations", type=int, help="training steps (default: the preset's)")
     train.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+    train.add_argument("--backend", choices=("auto", "tcnn", "triton", "torch"), default=None,
+                       help="hash-grid encoding: tcnn (tiny-cuda-nn, when it imports), triton (fused kernels "
+                            "on CUDA), torch (everywhere); auto takes the first that runs here")
     train.add_argument("--resolution", type=int, help="marching cubes resolution (default: the preset's)")
     train.add_argument("--preview-every", type=int, help="write a coarse preview mesh every N steps")
     train.add_argument("--seed", type=int)
@@ -109,6 +112,8 @@ def resolve_config(args):
     for assignment in args.set:
         cfg.set(assignment)
     cfg.device = args.device
+    if args.backend is not None:
+        cfg.backend = args.backend
     return cfg
 
 
@@ -136,11 +141,14 @@ def run_train(args, out):
     elif cfg.dynamic.frames:
         raise InputError(f"--frames {cfg.dynamic.frames}: {rig.path} is not a dynamic rig (it has one frame)")
     device = resolve_device(cfg.device)
+    from .backends import half_table_enabled, resolve_backend
+    backend = resolve_backend(cfg.backend, device, cfg.encoding.features)  # a bad choice fails before the job exists
     os.makedirs(args.out, exist_ok=True)
     out.attach(args.out)
     write_config(args.out, cfg)
     torch.set_num_threads(max(1, os.cpu_count() or 1))
-    out.emit(protocol.STARTED, config=cfg.to_dict(), device=device, backend="torch",
+    out.emit(protocol.STARTED, config=cfg.to_dict(), device=device, backend=backend,
+             half_table=half_table_enabled(cfg.encoding.half_table, backend, device),
              job=os.path.abspath(args.out), data=rig.path, views=len(rig.views), **sequence)
     out.log(f"training {rig.path} ({len(rig.views)} views) with preset {cfg.preset} on {device}, "
             f"{cfg.train.iterations} iterations, into {os.path.abspath(args.out)}")

@@ -45,15 +45,18 @@ def diagnose():
         missing = [pip for module, pip in REQUIRED if not _importable(module)]
         optional_missing = [pip for module, pip in OPTIONAL if not _importable(module)]
         torch_version = device = gpu = memory = None
-        backend = "torch"
+        backend, backends = "torch", ["torch"]
         if "torch" not in missing:
             import torch
             torch_version = torch.__version__
             if torch.cuda.is_available():
                 device, gpu = "cuda", torch.cuda.get_device_name(0)
                 memory = round(torch.cuda.get_device_properties(0).total_memory / 2 ** 30, 1)
-                if _importable("tinycudann"):  # only tried with CUDA: it needs a GPU to load
-                    backend = "tinycudann"
+            if "numpy" not in missing:
+                # The encoding backends this Python can run, best first: what `--backend auto` takes.
+                from .backends import available_backends
+                backends = available_backends(device or "cpu")
+                backend = backends[0]
     device = device or "cpu"
     if missing:
         message = f"missing packages: {', '.join(missing)}; install them into this Python ({SETUP_HINT})"
@@ -63,7 +66,7 @@ def diagnose():
         message = f"torch {torch_version} on CPU (no CUDA GPU); backend {backend}"
     return {"ok": not missing, "python": sys.executable, "python_version": platform.python_version(),
             "torch": torch_version, "device": device, "gpu": gpu, "gpu_memory_gb": memory, "backend": backend,
-            "missing": missing, "optional_missing": optional_missing, "message": message}
+            "backends": backends, "missing": missing, "optional_missing": optional_missing, "message": message}
 
 
 def main():

@@ -1,4 +1,8 @@
-"""Multi-resolution hash encoding (instant-ngp), torch reference backend.
+"""Multi-resolution hash encoding (instant-ngp): one module, three backends (engine.backends).
+
+`torch` is the reference and runs everywhere; `triton` runs engine/hashgrid_triton.py's fused kernels
+on the same table (so a checkpoint moves freely between the two); `tcnn` hands the encoding to
+tiny-cuda-nn's HashGrid, which owns its own parameters and lattice alignment.
 
 Level l has resolution N_l = floor(base * b**l) with b chosen so the last level reaches `finest`.
 A point u in [0,1]^3 sits at u * N_l in level l's lattice; its 8 surrounding vertices are looked up
@@ -6,12 +10,15 @@ in that level's table (directly when (N_l+1)^3 fits in the table, else through t
 xor(x*1, y*2654435761, z*805459861) mod T) and blended trilinearly. Inactive levels (progressive
 training) output zeros.
 """
+import contextlib
 import math
 from dataclasses import dataclass
 
 import torch
 
 PRIMES = (1, 2654435761, 805459861)
+# The central-difference taps, in the order the rows of encode_taps (and central_differences) follow.
+TAP_OFFSETS = ((1, 0, 0), (-1, 0, 0), (0, 1, 0), (0, -1, 0), (0, 0, 1), (0, 0, -1))
 
 
 @dataclass
@@ -21,6 +28,7 @@ class HashGridConfig:
     log2_table: int = 19
     base_resolution: int = 16
     finest_resolution: int = 2048
+    half_table: str = "auto"       # lookups from a float16 copy of the tables: auto (on with triton on a GPU) | on | off
 
 
 def level_resolutions(cfg):
@@ -52,15 +60,76 @@ class HashGrid(torch.nn.Module):
                              persistent=False)
         self.register_buffer("level_mask", torch.ones(cfg.levels), persistent=False)
         self.output_dim = cfg.levels * cfg.features
+        self._active = cfg.levels
+        self.backend = "torch"
+        self.half_table = False
+        self._reference_only = False   # set while a double backward needs the torch path
+        self._layout = None            # the Triton kernels' view of this grid
+        self._lookup_cache = (None, None)
+        self.tcnn_encoding = None
+
+    # -- backends ------------------------------------------------------------------------------
+    def set_backend(self, name, half_table=False):
+        """Run the encoding with `name` (torch | triton | tcnn; see engine.backends), after the grid
+        is on its device. half_table: Triton reads a float16 copy of the tables (refreshed whenever
+        the optimiser changes them). tcnn replaces the table by tiny-cuda-nn's own parameters."""
+        if name not in ("torch", "triton", "tcnn"):
+            raise ValueError(f"unknown encoding backend {name!r}")
+        self.backend, self.half_table = name, bool(half_table) and name == "triton"
+        self._layout = None
+        self._lookup_cache = (None, None)
+        if name == "tcnn" and self.tcnn_encoding is None:
+            self._build_tcnn()
+
+    def _build_tcnn(self):
+        import tinycudann
+        cfg = self.cfg
+        growth = math.exp((math.log(cfg.finest_resolution) - math.log(cfg.base_resolution)) / max(1, cfg.levels - 1))
+        self.tcnn_encoding = tinycudann.Encoding(3, {
+            "otype": "HashGrid", "n_levels": cfg.levels, "n_features_per_level": cfg.features,
+            "log2_hashmap_size": cfg.log2_table, "base_resolution": cfg.base_resolution,
+            "per_level_scale": growth, "interpolation": "Linear"}, dtype=torch.float32).to(self.table.device)
+        # The optimiser and checkpoints hold tiny-cuda-nn's parameters alone.
+        self.table = None
+
+    def table_parameters(self):
+        """The encoding's trainable tensors (for the optimiser's grid group)."""
+        return list(self.tcnn_encoding.parameters()) if self.tcnn_encoding is not None else [self.table]
+
+    @contextlib.contextmanager
+    def reference(self):
+        """Run the torch backend inside (twice-differentiable, for the analytic gradient mode)."""
+        before, self._reference_only = self._reference_only, True
+        try:
+            yield
+        finally:
+            self._reference_only = before
+
+    def _triton_lookup(self):
+        """The table the kernels read: the parameter itself, or its float16 copy for this version."""
+        if not self.half_table:
+            return self.table.detach()
+        key = (self.table.data_ptr(), self.table._version)
+        if self._lookup_cache[0] != key:
+            self._lookup_cache = (key, self.table.detach().half())
+        return self._lookup_cache[1]
+
+    def _triton(self, u, eps, taps):
+        from .hashgrid_triton import GridLayout, encode
+        if self._layout is None:
+            self._layout = GridLayout(self)
+        return encode(u, self.table, self._triton_lookup(), self._layout, self.active_levels, eps, taps)
 
     @property
     def active_levels(self):
-        return int(self.level_mask.sum().item())
+        return self._active
 
     def set_active_levels(self, count):
         count = max(1, min(self.cfg.levels, int(count)))
-        self.level_mask.zero_()
-        self.level_mask[:count] = 1.0
+        if count != self._active:  # a Python copy of the count: reading the mask back would sync a GPU
+            self.level_mask.zero_()
+            self.level_mask[:count] = 1.0
+            self._active = count
 
     def cell_size(self, level):
         """Edge of a lattice cell at `level`, in the [0,1] units the grid is fed."""
@@ -68,6 +137,28 @@ class HashGrid(torch.nn.Module):
 
     def forward(self, u):
         """u: (N, 3) in [0, 1] -> (N, levels * features)."""
+        if self.backend == "tcnn":
+            return self._tcnn(u)
+        if self.backend == "triton" and not self._reference_only:
+            return self._triton(u, 0.0, 1)
+        return self.torch_forward(u)
+
+    def encode_taps(self, u, eps):
+        """(7N, levels * features): the encoding at u, then at its 6 central-difference taps u + eps o
+        for o in TAP_OFFSETS (eps in the grid's [0, 1] units), tap-major. Triton does it in one launch."""
+        if self.backend == "triton" and not self._reference_only:
+            return self._triton(u, eps, 7)
+        taps = u[None] + eps * torch.tensor(TAP_OFFSETS, dtype=u.dtype, device=u.device)[:, None, :]
+        return self(torch.cat([u, taps.reshape(-1, 3)], 0))
+
+    def _tcnn(self, u):
+        # tiny-cuda-nn has no notion of progressive levels: inactive levels are masked out (zero
+        # output, zero gradient), as the other backends do.
+        out = self.tcnn_encoding(u.clamp(0.0, 1.0).contiguous()).float()
+        return out * self.level_mask.repeat_interleave(self.cfg.features)[None]
+
+    def torch_forward(self, u):
+        """The reference implementation (differentiable to any order)."""
         n, levels = u.shape[0], self.cfg.levels
         # Points outside the unit cube take the value on its boundary (numerical-gradient taps may
         # step just outside); the last cell of each level is closed on both sides.

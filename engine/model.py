@@ -43,7 +43,11 @@ class SDFNetwork(nn.Module):
 
     def forward(self, x):
         """x: (N, 3) in [-1, 1] -> sdf (N,), features (N, geo_features)."""
-        h = torch.cat([x, self.grid((x + 1) * 0.5)], -1)
+        return self.decode(x, self.grid((x + 1) * 0.5))
+
+    def decode(self, x, encoded):
+        """The MLP on the positions and their encoding."""
+        h = torch.cat([x, encoded], -1)
         for i, layer in enumerate(self.layers):
             h = layer(h)
             if i < len(self.layers) - 1:
@@ -61,13 +65,22 @@ class SDFNetwork(nn.Module):
         analytic: autograd with create_graph (double backward through the hash grid).
         """
         if mode == "analytic":
-            with torch.enable_grad():
+            # The double backward needs the torch encoding (the Triton kernels' backward is not differentiable).
+            with torch.enable_grad(), self.grid.reference():
                 x = x.detach().requires_grad_(True)
                 sdf, feat = self(x)
                 grad = torch.autograd.grad(sdf.sum(), x, create_graph=True)[0]
             return sdf, grad, feat, None
-        values, features, grad, laplacian = central_differences(self, x, eps, curvature)
-        return values, grad, features, laplacian
+        # The point and its 6 taps encoded together (one kernel launch with the Triton backend).
+        points = torch.cat([x, tap_points(x, eps)], 0)
+        values, extra = self.decode(points, self.grid.encode_taps((x + 1) * 0.5, eps * 0.5))
+        sdf, features, grad, laplacian = differences(values, extra, x.shape[0], eps, curvature)
+        return sdf, grad, features, laplacian
+
+
+def tap_points(x, eps):
+    """The 6 central-difference taps of each point, tap-major (6N, 3)."""
+    return (x[None] + eps * TAP_OFFSETS.to(x)[:, None, :]).reshape(-1, 3)
 
 
 def central_differences(fn, x, eps, curvature=False):
@@ -76,9 +89,12 @@ def central_differences(fn, x, eps, curvature=False):
     `fn` maps (N, 3) points to (values (N,), extra (N, ...)); it is called once on the points and their
     taps together. Errors are O(eps^2): exact for quadratics.
     """
-    n = x.shape[0]
-    taps = (x[None] + eps * TAP_OFFSETS.to(x)[:, None, :]).reshape(-1, 3)
-    values, extra = fn(torch.cat([x, taps], 0))
+    values, extra = fn(torch.cat([x, tap_points(x, eps)], 0))
+    return differences(values, extra, x.shape[0], eps, curvature)
+
+
+def differences(values, extra, n, eps, curvature):
+    """(value, extra, gradient, Laplacian) from values at [points; 6 taps] (see central_differences)."""
     center, tap_values = values[:n], values[n:].view(6, n)
     grad = torch.stack([tap_values[0] - tap_values[1], tap_values[2] - tap_values[3],
                         tap_values[4] - tap_values[5]], -1) / (2 * eps)
@@ -133,7 +149,7 @@ class SDFModel(nn.Module):
             self.background.amp_dtype = dtype
     def param_groups(self, train_cfg):
         return [
-            {"params": [self.sdf.grid.table], "lr": train_cfg.lr, "name": "grid",
+            {"params": self.sdf.grid.table_parameters(), "lr": train_cfg.lr, "name": "grid",
              "weight_decay": train_cfg.grid_weight_decay},
             {"params": list(self.sdf.layers.parameters()) + list(self.color.parameters())
              + (list(self.background.parameters()) if self.background is not None else []),

@@ -36,6 +36,10 @@ def _sandbox_environment():
 
 assert "bpy" not in sys.modules, "bpy was imported before tests/conftest.py could sandbox Blender's folders"
 _sandbox_environment()
+# Without an NVIDIA GPU, Triton's interpreter runs the GPU kernels on CPU tensors, so CI tests them too.
+# (Read when a kernel is defined: it must be set before engine.hashgrid_triton is imported.)
+if shutil.which("nvidia-smi") is None:
+    os.environ.setdefault("TRITON_INTERPRET", "1")
 if REPO not in sys.path:
     sys.path.insert(0, REPO)
 

@@ -36,12 +36,13 @@ def test_doctor_reports_this_python():
     assert report["torch"] == torch.__version__
     if torch.cuda.is_available():
         assert report["device"] == "cuda" and report["gpu"] == torch.cuda.get_device_name(0)
-        assert report["gpu_memory_gb"] > 0 and report["backend"] in ("torch", "tinycudann")
+        assert report["gpu_memory_gb"] > 0 and report["backend"] in ("tcnn", "triton", "torch")
     else:
         assert (report["device"], report["gpu"], report["gpu_memory_gb"]) == ("cpu", None, None)
         assert report["backend"] == "torch"
         assert report["message"] == f"torch {torch.__version__} on CPU (no CUDA GPU); backend torch"
     assert isinstance(report["optional_missing"], list)
+    assert report["backends"][0] == report["backend"] and "torch" in report["backends"]
 
 
 def test_doctor_without_torch(tmp_path):

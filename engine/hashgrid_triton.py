@@ -1,0 +1,211 @@
+"""Triton kernels for the multi-resolution hash encoding (engine.encoding.HashGrid's `triton` backend).
+
+One program encodes a block of points at one level for one tap. With TAPS = 7 the same launch also
+encodes the 6 central-difference taps u +- eps e_axis of every point (Neuralangelo's numerical
+gradient) without materialising the 7N positions: output rows are tap-major, [points; +x; -x; +y; -y;
++z; -z], as engine.model.central_differences expects.
+
+The backward scatters the table gradient with fp32 atomic adds (one per corner, feature and point)
+and, when asked, accumulates the gradient with respect to the positions (a dynamic frame's motion is
+optimised through them). It is not differentiable itself: the analytic-gradient mode (double
+backward) runs the torch reference.
+
+Tables may be read from a float16 copy (`lookup`): the lookups move half the bytes, and the field is
+still exactly trilinear between the (rounded) vertex values, so numerical gradients see no rounding
+noise between taps; gradients and the optimiser stay in float32.
+
+Indices follow engine.encoding exactly: dense levels index (x + s (y + s z)) with s = N_l + 1; hashed
+levels xor(x * 1, y * 2654435761, z * 805459861) & (T - 1), computed in uint32 (the low bits of the
+int64 product the torch backend computes are the same).
+
+Runs on CUDA tensors, and on CPU tensors under TRITON_INTERPRET=1 (tests).
+"""
+import torch
+import triton
+import triton.language as tl
+
+BLOCK = 128
+
+
+@triton.jit
+def _corner_rows(ix, iy, iz, cx: tl.constexpr, cy: tl.constexpr, cz: tl.constexpr, side, base, dense, table_mask):
+    x = ix + cx
+    y = iy + cy
+    z = iz + cz
+    dense_row = x + side * (y + side * z)
+    hashed = (x.to(tl.uint32) * 1) ^ (y.to(tl.uint32) * 2654435761) ^ (z.to(tl.uint32) * 805459861)
+    hashed_row = (hashed & table_mask).to(tl.int64)
+    return base + tl.where(dense, dense_row, hashed_row)
+
+
+@triton.jit
+def _tap_position(u_ptr, p, live, tap, eps, axis: tl.constexpr):
+    """Coordinate `axis` of tap `tap` of points p (tap 0: the point; 2a+1, 2a+2: +-eps along axis a)."""
+    value = tl.load(u_ptr + p * 3 + axis, mask=live, other=0.0)
+    shift = (tap == 2 * axis + 1).to(tl.float32) - (tap == 2 * axis + 2).to(tl.float32)
+    return value + shift * eps
+
+
+@triton.jit
+def _encode_forward(u_ptr, table_ptr, out_ptr, res_ptr, side_ptr, offset_ptr,
+                    n, n_dense, table_mask, eps, out_stride,
+                    F: tl.constexpr, BLOCK: tl.constexpr):
+    block = tl.program_id(0)
+    level = tl.program_id(1)
+    tap = tl.program_id(2)
+    p = (block * BLOCK + tl.arange(0, BLOCK)).to(tl.int64)
+    live = p < n
+    f = tl.arange(0, F)
+    x = tl.minimum(tl.maximum(_tap_position(u_ptr, p, live, tap, eps, 0), 0.0), 1.0)
+    y = tl.minimum(tl.maximum(_tap_position(u_ptr, p, live, tap, eps, 1), 0.0), 1.0)
+    z = tl.minimum(tl.maximum(_tap_position(u_ptr, p, live, tap, eps, 2), 0.0), 1.0)
+    res = tl.load(res_ptr + level)
+    side = tl.load(side_ptr + level)
+    base = tl.load(offset_ptr + level)
+    dense = level < n_dense
+    # The last cell of each level is closed on both sides (a point on the far face stays in it).
+    px = x * res
+    py = y * res
+    pz = z * res
+    fx = tl.minimum(tl.floor(px), res - 1.0)
+    fy = tl.minimum(tl.floor(py), res - 1.0)
+    fz = tl.minimum(tl.floor(pz), res - 1.0)
+    wx = px - fx
+    wy = py - fy
+    wz = pz - fz
+    ix = fx.to(tl.int64)
+    iy = fy.to(tl.int64)
+    iz = fz.to(tl.int64)
+    acc = tl.zeros((BLOCK, F), dtype=tl.float32)
+    for corner in tl.static_range(8):
+        cx: tl.constexpr = corner & 1
+        cy: tl.constexpr = (corner >> 1) & 1
+        cz: tl.constexpr = (corner >> 2) & 1
+        weight = ((wx if cx else 1.0 - wx) * (wy if cy else 1.0 - wy) * (wz if cz else 1.0 - wz))
+        rows = _corner_rows(ix, iy, iz, cx, cy, cz, side, base, dense, table_mask)
+        values = tl.load(table_ptr + rows[:, None] * F + f[None, :], mask=live[:, None], other=0.0)
+        acc += weight[:, None] * values.to(tl.float32)
+    out_rows = tap * n + p
+    tl.store(out_ptr + out_rows[:, None] * out_stride + level * F + f[None, :], acc, mask=live[:, None])
+
+
+@triton.jit
+def _encode_backward(u_ptr, table_ptr, grad_out_ptr, grad_table_ptr, grad_u_ptr, res_ptr, side_ptr, offset_ptr,
+                     n, n_dense, table_mask, eps, out_stride,
+                     F: tl.constexpr, BLOCK: tl.constexpr, NEED_POSITIONS: tl.constexpr):
+    block = tl.program_id(0)
+    level = tl.program_id(1)
+    tap = tl.program_id(2)
+    p = (block * BLOCK + tl.arange(0, BLOCK)).to(tl.int64)
+    live = p < n
+    f = tl.arange(0, F)
+    x_raw = _tap_position(u_ptr, p, live, tap, eps, 0)
+    y_raw = _tap_position(u_ptr, p, live, tap, eps, 1)
+    z_raw = _tap_position(u_ptr, p, live, tap, eps, 2)
+    x = tl.minimum(tl.maximum(x_raw, 0.0), 1.0)
+    y = tl.minimum(tl.maximum(y_raw, 0.0), 1.0)
+    z = tl.minimum(tl.maximum(z_raw, 0.0), 1.0)
+    res = tl.load(res_ptr + level)
+    side = tl.load(side_ptr + level)
+    base = tl.load(offset_ptr + level)
+    dense = level < n_dense
+    px = x * res
+    py = y * res
+    pz = z * res
+    fx = tl.minimum(tl.floor(px), res - 1.0)
+    fy = tl.minimum(tl.floor(py), res - 1.0)
+    fz = tl.minimum(tl.floor(pz), res - 1.0)
+    wx = px - fx
+    wy = py - fy
+    wz = pz - fz
+    ix = fx.to(tl.int64)
+    iy = fy.to(tl.int64)
+    iz = fz.to(tl.int64)
+    out_rows = tap * n + p
+    grad = tl.load(grad_out_ptr + out_rows[:, None] * out_stride + level * F + f[None, :], mask=live[:, None],
+                   other=0.0).to(tl.float32)
+    gx = tl.zeros((BLOCK,), dtype=tl.float32)
+    gy = tl.zeros((BLOCK,), dtype=tl.float32)
+    gz = tl.zeros((BLOCK,), dtype=tl.float32)
+    for corner in tl.static_range(8):
+        cx: tl.constexpr = corner & 1
+        cy: tl.constexpr = (corner >> 1) & 1
+        cz: tl.constexpr = (corner >> 2) & 1
+        ax = wx if cx else 1.0 - wx
+        ay = wy if cy else 1.0 - wy
+        az = wz if cz else 1.0 - wz
+        rows = _corner_rows(ix, iy, iz, cx, cy, cz, side, base, dense, table_mask)
+        offsets = rows[:, None] * F + f[None, :]
+        tl.atomic_add(grad_table_ptr + offsets, (ax * ay * az)[:, None] * grad, mask=live[:, None])
+        if NEED_POSITIONS:
+            values = tl.load(table_ptr + offsets, mask=live[:, None], other=0.0).to(tl.float32)
+            along = tl.sum(values * grad, axis=1)
+            # d(weight)/d(frac) is +-1 times the other two factors; d(frac)/du = res.
+            gx += along * (1.0 if cx else -1.0) * ay * az
+            gy += along * (1.0 if cy else -1.0) * ax * az
+            gz += along * (1.0 if cz else -1.0) * ax * ay
+    if NEED_POSITIONS:
+        # clamp(u, 0, 1) passes the gradient inside [0, 1] only, as torch's clamp does.
+        inside_x = ((x_raw >= 0.0) & (x_raw <= 1.0)).to(tl.float32)
+        inside_y = ((y_raw >= 0.0) & (y_raw <= 1.0)).to(tl.float32)
+        inside_z = ((z_raw >= 0.0) & (z_raw <= 1.0)).to(tl.float32)
+        tl.atomic_add(grad_u_ptr + p * 3 + 0, gx * res * inside_x, mask=live)
+        tl.atomic_add(grad_u_ptr + p * 3 + 1, gy * res * inside_y, mask=live)
+        tl.atomic_add(grad_u_ptr + p * 3 + 2, gz * res * inside_z, mask=live)
+
+
+class GridLayout:
+    """What the kernels need to know of a HashGrid, as tensors on its device."""
+
+    def __init__(self, grid):
+        device = grid.table.device
+        self.resolutions = grid.resolution_t.to(device=device, dtype=torch.float32).contiguous()
+        self.side = grid.side.to(device=device, dtype=torch.int64).contiguous()
+        self.offsets = grid.row_offsets.to(device=device, dtype=torch.int64).contiguous()
+        self.dense_levels = int(grid.dense_levels)
+        self.table_mask = grid.table_size - 1
+        self.levels = grid.cfg.levels
+        self.features = grid.cfg.features
+
+
+class HashEncode(torch.autograd.Function):
+    """(u (N, 3) in [0, 1], table (rows, F) float32, lookup: the table or its float16 copy) ->
+    (taps * N, levels * F); levels at or above `active` are zeros."""
+
+    @staticmethod
+    def forward(ctx, u, table, lookup, layout, active, eps, taps):
+        u = u.contiguous().float()
+        n = u.shape[0]
+        width = layout.levels * layout.features
+        out = (torch.zeros if active < layout.levels else torch.empty)(taps * n, width, device=u.device,
+                                                                        dtype=torch.float32)
+        if n and active:
+            grid = (triton.cdiv(n, BLOCK), active, taps)
+            _encode_forward[grid](u, lookup, out, layout.resolutions, layout.side, layout.offsets,
+                                  n, layout.dense_levels, layout.table_mask, float(eps), width,
+                                  F=layout.features, BLOCK=BLOCK)
+        ctx.save_for_backward(u, lookup)
+        ctx.layout, ctx.active, ctx.eps, ctx.taps, ctx.table_shape = layout, active, eps, taps, table.shape
+        return out
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad_out):
+        u, lookup = ctx.saved_tensors
+        layout, n = ctx.layout, u.shape[0]
+        need_positions = ctx.needs_input_grad[0]
+        grad_table = torch.zeros(ctx.table_shape, device=u.device, dtype=torch.float32)
+        grad_u = torch.zeros_like(u) if need_positions else None
+        if n and ctx.active:
+            grid = (triton.cdiv(n, BLOCK), ctx.active, ctx.taps)
+            _encode_backward[grid](u, lookup, grad_out.contiguous().float(), grad_table,
+                                   grad_u if need_positions else grad_table,
+                                   layout.resolutions, layout.side, layout.offsets,
+                                   n, layout.dense_levels, layout.table_mask, float(ctx.eps),
+                                   layout.levels * layout.features,
+                                   F=layout.features, BLOCK=BLOCK, NEED_POSITIONS=need_positions)
+        return grad_u, grad_table, None, None, None, None, None
+
+
+def encode(u, table, lookup, layout, active, eps=0.0, taps=1):
+    return HashEncode.apply(u, table, lookup, layout, int(active), float(eps), int(taps))
