@@ -114,11 +114,18 @@ class HashGrid(torch.nn.Module):
             self._lookup_cache = (key, self.table.detach().half())
         return self._lookup_cache[1]
 
-    def _triton(self, u, eps, taps):
-        from .hashgrid_triton import GridLayout, encode
+    def triton_layout(self):
         if self._layout is None:
+            from .hashgrid_triton import GridLayout
             self._layout = GridLayout(self)
-        return encode(u, self.table, self._triton_lookup(), self._layout, self.active_levels, eps, taps)
+        return self._layout
+
+    def uses_triton(self):
+        return self.backend == "triton" and not self._reference_only
+
+    def _triton(self, u, eps, taps):
+        from .hashgrid_triton import encode
+        return encode(u, self.table, self._triton_lookup(), self.triton_layout(), self.active_levels, eps, taps)
 
     @property
     def active_levels(self):

@@ -209,3 +209,78 @@ class HashEncode(torch.autograd.Function):
 
 def encode(u, table, lookup, layout, active, eps=0.0, taps=1):
     return HashEncode.apply(u, table, lookup, layout, int(active), float(eps), int(taps))
+
+
+@triton.jit
+def _sdf_value(x_ptr, table_ptr, w_in_ptr, b_in_ptr, w_out_ptr, b_out, out_ptr, res_ptr, side_ptr, offset_ptr,
+               n, n_dense, table_mask, active,
+               LEVELS: tl.constexpr, F: tl.constexpr, HIDDEN: tl.constexpr, BLOCK: tl.constexpr):
+    """SDF values of points x in [-1, 1]^3 through the encoding and a one-hidden-layer MLP, fused: the
+    encoding's features go straight into the hidden layer's accumulator (nothing is written between)."""
+    p = (tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)).to(tl.int64)
+    live = p < n
+    k = tl.arange(0, HIDDEN)
+    hidden = tl.zeros((BLOCK, HIDDEN), dtype=tl.float32) + tl.load(b_in_ptr + k)[None, :]
+    xs = tl.load(x_ptr + p * 3 + 0, mask=live, other=0.0)
+    ys = tl.load(x_ptr + p * 3 + 1, mask=live, other=0.0)
+    zs = tl.load(x_ptr + p * 3 + 2, mask=live, other=0.0)
+    # w_in is the first layer's weight transposed: row j holds input j's weights to every hidden unit.
+    hidden += xs[:, None] * tl.load(w_in_ptr + 0 * HIDDEN + k)[None, :]
+    hidden += ys[:, None] * tl.load(w_in_ptr + 1 * HIDDEN + k)[None, :]
+    hidden += zs[:, None] * tl.load(w_in_ptr + 2 * HIDDEN + k)[None, :]
+    x = tl.minimum(tl.maximum((xs + 1.0) * 0.5, 0.0), 1.0)
+    y = tl.minimum(tl.maximum((ys + 1.0) * 0.5, 0.0), 1.0)
+    z = tl.minimum(tl.maximum((zs + 1.0) * 0.5, 0.0), 1.0)
+    for level in tl.static_range(LEVELS):
+        if level < active:
+            res = tl.load(res_ptr + level)
+            side = tl.load(side_ptr + level)
+            base = tl.load(offset_ptr + level)
+            dense = level < n_dense
+            px = x * res
+            py = y * res
+            pz = z * res
+            fx = tl.minimum(tl.floor(px), res - 1.0)
+            fy = tl.minimum(tl.floor(py), res - 1.0)
+            fz = tl.minimum(tl.floor(pz), res - 1.0)
+            wx = px - fx
+            wy = py - fy
+            wz = pz - fz
+            ix = fx.to(tl.int64)
+            iy = fy.to(tl.int64)
+            iz = fz.to(tl.int64)
+            for f in tl.static_range(F):
+                feature = tl.zeros((BLOCK,), dtype=tl.float32)
+                for corner in tl.static_range(8):
+                    cx: tl.constexpr = corner & 1
+                    cy: tl.constexpr = (corner >> 1) & 1
+                    cz: tl.constexpr = (corner >> 2) & 1
+                    weight = (wx if cx else 1.0 - wx) * (wy if cy else 1.0 - wy) * (wz if cz else 1.0 - wz)
+                    rows = _corner_rows(ix, iy, iz, cx, cy, cz, side, base, dense, table_mask)
+                    feature += weight * tl.load(table_ptr + rows * F + f, mask=live, other=0.0).to(tl.float32)
+                hidden += feature[:, None] * tl.load(w_in_ptr + (3 + level * F + f) * HIDDEN + k)[None, :]
+    # Softplus with beta 100 (torch's threshold: linear above beta * h = 20).
+    scaled = hidden * 100.0
+    hidden = tl.where(scaled > 20.0, hidden, tl.log(1.0 + tl.exp(tl.minimum(scaled, 20.0))) * 0.01)
+    sdf = tl.sum(hidden * tl.load(w_out_ptr + k)[None, :], axis=1) + b_out
+    tl.store(out_ptr + p, sdf, mask=live)
+
+
+SDF_BLOCK = 64
+
+
+def sdf_values(x, lookup, layout, active, first, last):
+    """SDF values (N,) at x (N, 3) in [-1, 1] for an SDF MLP with one hidden layer (`first`, `last`:
+    its nn.Linear layers; the SDF is the last layer's output 0). No autograd: for queries that need
+    only the value (occupancy refresh, early-termination pre-pass, mesh extraction)."""
+    x = x.contiguous().float()
+    n = x.shape[0]
+    out = torch.empty(n, device=x.device, dtype=torch.float32)
+    if n:
+        hidden = first.weight.shape[0]
+        _sdf_value[(triton.cdiv(n, SDF_BLOCK),)](
+            x, lookup, first.weight.detach().t().contiguous().float(), first.bias.detach().float().contiguous(),
+            last.weight.detach()[0].float().contiguous(), float(last.bias.detach()[0]), out,
+            layout.resolutions, layout.side, layout.offsets, n, layout.dense_levels, layout.table_mask, int(active),
+            LEVELS=layout.levels, F=layout.features, HIDDEN=hidden, BLOCK=SDF_BLOCK)
+    return out

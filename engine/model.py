@@ -45,6 +45,17 @@ class SDFNetwork(nn.Module):
         """x: (N, 3) in [-1, 1] -> sdf (N,), features (N, geo_features)."""
         return self.decode(x, self.grid((x + 1) * 0.5))
 
+    def value(self, x):
+        """SDF values alone (N,), for queries that need no features: with the Triton backend and outside
+        autograd, the encoding and the MLP run as one kernel (engine.hashgrid_triton.sdf_values)."""
+        hidden = self.layers[0].weight.shape[0]
+        if (self.grid.uses_triton() and not torch.is_grad_enabled() and len(self.layers) == 2
+                and hidden & (hidden - 1) == 0):
+            from .hashgrid_triton import sdf_values
+            return sdf_values(x, self.grid._triton_lookup(), self.grid.triton_layout(), self.grid.active_levels,
+                              self.layers[0], self.layers[1])
+        return self(x)[0]
+
     def decode(self, x, encoded):
         """The MLP on the positions and their encoding."""
         h = torch.cat([x, encoded], -1)

@@ -194,3 +194,19 @@ def test_training_steps_match_the_torch_backend(tmp_path):
     resumed = small_trainer(tmp_path / "again", "torch")
     resumed.load_checkpoint(path)
     assert torch.equal(resumed.model.sdf.grid.table, triton_trainer.model.sdf.grid.table)
+
+
+@pytest.mark.parametrize("active", [5, 2])
+def test_fused_sdf_values_match_the_network(active):
+    """Encoding + MLP in one kernel (queries without gradients) against the torch network."""
+    reference, fused = sdf_networks(seed=2)
+    for net in (reference, fused):
+        net.grid.set_active_levels(active)
+    x = (torch.rand(300, 3, generator=torch.Generator().manual_seed(10)) * 2.2 - 1.1).to(DEVICE)
+    with torch.no_grad():
+        expected = reference(x)[0]
+        got = fused.value(x)
+    assert relative_error(got, expected) < 1e-5
+    assert torch.equal(reference.value(x), expected)  # the torch backend's value is the network's output 0
+    with torch.enable_grad():  # under autograd the fused kernel is not used: gradients still flow
+        assert fused.value(x).requires_grad
