@@ -8,6 +8,8 @@
     python3 build.py bench [NAMES] [--iterations N]  run benchmarks, print a table, update docs/benchmarks.md
         bench quality [--scenes armadillo,spot,bunny,dtu,fox] [--preset cpu] [--views 64] [--size 200] [--set K=V]
         bench jobs: train through the add-on with live previews, time every tick of the job client
+        bench speed [--parts encoding,train,dtu,dynamic] [--prepare] [--from-json FILE]: encoding against its
+            memory floor, training rate, DTU to a mesh, a dynamic frame (python -m demo.speed_bench, GPU-ready)
 
 Importable from tests (`sys.path.insert(0, REPO); import build`): build_extension(dist_dir),
 venv_python(), ensure_setup(), isolated_env(folder).
@@ -940,6 +942,118 @@ def bench_sequence(options):
     }
 
 
+# ---------------------------------------------------------------------------------------------------
+# speed: encoding throughput against its memory floor, training rate, DTU scan 24 to a mesh, a dynamic
+# frame. demo.speed_bench measures (torch only, no Blender, so a GPU machine's own python3 runs it);
+# its module level is standard library only, so its columns and row builders are imported here.
+
+from demo import speed_bench  # noqa: E402
+
+SPEED_OUT = os.path.join(REPO, "demo", "out", "speed")
+SPEED_TORUS = {"views": 40, "size": 160, "samples": 16}
+
+
+def _speed_torus(python, env):
+    """The demo torus for the train part in demo/out/speed/torus (speed_bench's default), rendered
+    with Cycles unless one with the same views and size is there."""
+    folder = speed_bench.DEFAULT_TRAIN_DATA
+    try:
+        with open(os.path.join(folder, "transforms.json"), encoding="utf-8") as f:
+            rig = json.load(f)
+        if (len(rig["frames"]) == SPEED_TORUS["views"] and rig.get("w") == rig.get("h") == SPEED_TORUS["size"]
+                and all(os.path.exists(os.path.join(folder, frame["file_path"])) for frame in rig["frames"])):
+            log("bench", f"speed: reusing the rendered torus {os.path.relpath(folder, REPO)}")
+            return folder
+    except (OSError, ValueError, KeyError, TypeError):
+        pass
+    log("bench", f"speed: rendering the torus ({SPEED_TORUS['views']} views at {SPEED_TORUS['size']} px) into "
+        f"{os.path.relpath(folder, REPO)}")
+    result = subprocess.run([python, "-m", "demo.scene", folder, "--views", str(SPEED_TORUS["views"]),
+                             "--size", str(SPEED_TORUS["size"]), "--samples", str(SPEED_TORUS["samples"])],
+                            cwd=REPO, env=env, stdin=subprocess.DEVNULL, capture_output=True, text=True)
+    if result.returncode != 0:
+        raise BuildError(f"speed: rendering the torus failed (exit {result.returncode}):\n"
+                         f"{(result.stdout + result.stderr)[-3000:]}")
+    return folder
+
+
+def speed_rows_from_json(paths):
+    """The rows of demo.speed_bench results (--json files, e.g. from a GPU machine), rebuilt from their
+    measurements by the same row builders; BuildError for a file that is not one."""
+    rows = []
+    for path in paths:
+        try:
+            with open(path, encoding="utf-8") as f:
+                result = json.load(f)
+        except (OSError, ValueError) as exc:
+            raise BuildError(f"--from-json {path}: cannot read it: {exc}") from None
+        if not isinstance(result, dict) or result.get("benchmark") != "speed" or "machine" not in result:
+            raise BuildError(f"--from-json {path}: not a result of `python -m demo.speed_bench --json`")
+        found = speed_bench.build_rows(result)
+        log("bench", f"speed: {len(found)} rows from {path} ({result['machine'].get('gpu') or result['machine'].get('cpu')}, "
+            f"{result['machine'].get('date')})")
+        for part, why in (result.get("skipped") or {}).items():
+            log("bench", f"speed: {path}: {part} skipped there: {why}")
+        rows += found
+    return rows
+
+
+def bench_speed(options):
+    """Encoding forward+backward per backend against its memory floor, fast-preset training rate, and
+    (CUDA, or asked for) DTU scan 24 to a mesh and seconds per dynamic frame: one row per measurement."""
+    if getattr(options, "from_json", None):
+        return speed_rows_from_json(options.from_json)
+    parts = getattr(options, "parts", None) or []
+    unknown = [p for p in parts if p not in speed_bench.PARTS]
+    if unknown:
+        raise BuildError(f"unknown speed part(s) {', '.join(unknown)}; known: {', '.join(speed_bench.PARTS)}")
+    python = ensure_setup(quiet=True)
+    prepare = getattr(options, "prepare", False)
+    folder = tempfile.mkdtemp(prefix="marble-bench-speed-")
+    try:
+        env = isolated_env(folder)
+        # The datasets need Blender (bpy, in .venv): rendered here, carried to a GPU machine that lacks it.
+        if prepare or not parts or "train" in parts:
+            _speed_torus(python, env)
+        if prepare or "dynamic" in parts or (not parts and has_nvidia_gpu()):  # on CUDA it runs by default
+            _dynamic_dataset(python, options, env)
+        if prepare:
+            carry = [os.path.relpath(p, REPO) for p in (speed_bench.DEFAULT_TRAIN_DATA, speed_bench.DEFAULT_DYNAMIC_DATA)]
+            log("bench", "speed: datasets ready. On a GPU machine (its own python3 with torch; no Blender needed), "
+                f"with {' and '.join(carry)} copied into the same places of the checkout, run from the "
+                "repository root: `python3 -m demo.speed_bench --json speed.json` (add --parts, --timeout-s S to "
+                "fit its time), then here: `python3 build.py bench speed --from-json speed.json`")
+            return []
+        os.makedirs(SPEED_OUT, exist_ok=True)
+        result_path = os.path.join(SPEED_OUT, "result.json")
+        if os.path.exists(result_path):
+            os.remove(result_path)
+        command = [python, "-m", "demo.speed_bench", "--json", result_path]
+        if parts:
+            command += ["--parts", ",".join(parts)]
+        if getattr(options, "backends", None):
+            command += ["--backends", ",".join(options.backends)]
+        if getattr(options, "points", None):
+            command += ["--points", ",".join(str(p) for p in options.points)]
+        if options.iterations:
+            command += ["--train-iterations", str(options.iterations)]
+        data_dir = shared_data_dir()
+        if data_dir and os.path.isdir(os.path.join(data_dir, "dtu_scan24")):
+            command += ["--dtu", os.path.join(data_dir, "dtu_scan24")]
+        log("bench", f"speed: {shlex.join(command[1:])}")
+        code = subprocess.call(command, cwd=REPO, env=env, stdin=subprocess.DEVNULL)
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+    try:
+        with open(result_path, encoding="utf-8") as f:
+            result = json.load(f)
+    except (OSError, ValueError):
+        raise BuildError(f"the speed benchmark failed (exit {code}) and wrote no result") from None
+    # The module prints each failure; the table still gets what it measured.
+    options.failed.extend(failure.split(":")[0] for failure in result.get("failed") or [])
+    return speed_bench.build_rows(result)
+
+
 BENCHMARKS = {
     "demo": {
         "run": bench_demo,
@@ -1060,6 +1174,45 @@ BENCHMARKS = {
         "columns": ["date", "cpu", "cores", "blender", "frames", "vertices", "faces", "MiB", "import s"],
         "key": ["cpu", "cores", "blender", "frames", "vertices"],
     },
+    "speed": {
+        "run": bench_speed,
+        "title": "speed: hash encoding against its memory floor, training rate, DTU scan 24, a dynamic frame",
+        "about": ("`python3 build.py bench speed [--parts encoding,train,dtu,dynamic] [--backends B,...] "
+                  "[--points 18,20] [--iterations N] [--prepare] [--from-json FILE]`: `python -m demo.speed_bench` "
+                  "measures with torch alone (no Blender), so the same file runs on a GPU machine with its own "
+                  "Python (`--json OUT`; `--from-json OUT` merges its rows here; `--prepare` renders the datasets "
+                  "it needs for carrying there). **encoding**: forward + backward of the `fast` preset's hash grid "
+                  "(14 levels x 2 features, 2^19 table, every level active) on 2^18 and 2^20 uniformly random "
+                  "points in one call, per backend, with gradients for the tables only (as training with numerical "
+                  "gradients needs; set to None before each call, as the optimiser does; Triton's float16 copy of the "
+                  "tables is made once, where training makes it once a step); **taps**: the same for "
+                  "`encode_taps` (the point and its 6 central-difference taps a finest cell apart: 7 lookups). "
+                  "`ms`: the median call after warm-up (at least 3; CUDA events on a GPU). The memory floor "
+                  "counts, per point, lookup and level, the 8 corners' features read (2 bytes each from a float16 "
+                  "table, `tables` fp16, else 4), their float32 gradients accumulated (an atomic add reads and "
+                  "writes: 8 bytes each), the output written and its gradient read (4 bytes a feature each way), "
+                  "plus the point read once (12 bytes): 12 + lookups x levels x features x (8 x table bytes + 64 + "
+                  "8) bytes, 2,924 a point with float32 tables and 2,476 with float16 ones for the fast grid "
+                  "(`notes`). `floor M points/s` is the device's copy bandwidth measured in the same run (`copy "
+                  "GB/s`: `dst.copy_(src)` of 1 GiB on a GPU, 256 MiB on a CPU, bytes read + written over the "
+                  "time) over those bytes; `x floor` the measured time over the floor's. Every lookup counts as "
+                  "traffic, so cache hits in the small coarse levels can take a kernel under the floor. **train**: "
+                  "`python -m engine train --preset fast` on the demo torus (40 views at 160 px, rendered with "
+                  "Cycles into demo/out/speed/torus) for `--iterations` steps (default 20 on a CPU, 1,000 on "
+                  "CUDA; `workload`): `it/s` over the steady part from the progress events' times (from the step "
+                  "every level is open, when the run is twice that long, else after the first fifth; `notes` "
+                  "give the steps, the levels open and the samples a step evaluates), `M samples/s` the events' "
+                  "samples per step times it/s. **dtu** (on CUDA by default; needs ../shared/data): DTU scan 24 "
+                  "at full size with the fast preset's 15,000 steps, `minutes` from starting the engine to its "
+                  "`mesh` event. **dynamic** (on CUDA by default): the dynamic benchmark's rendered dataset "
+                  "(demo/out/dynamic/data) with the fast preset, `s/frame` the mean of the later frames' own "
+                  "seconds (prediction, fine-tuning and the mesh). On a shared CPU other work slows every timing: "
+                  "`notes` give the load average when the run started. **Targets** (one H100): encoding forward + "
+                  "backward within 2x of its floor; DTU scan 24 to a mesh in under 3 minutes; a dynamic frame in "
+                  "under 15 s."),
+        "columns": speed_bench.COLUMNS,
+        "key": speed_bench.KEY,
+    },
 }
 BENCHMARKS_DOC = os.path.join(REPO, "docs", "benchmarks.md")
 BENCHMARKS_HEADER = ("# Benchmarks\n\nWritten by `python3 build.py bench [NAMES]`: one section per benchmark, "
@@ -1167,6 +1320,17 @@ def cmd_bench(argv):
     dynamic.add_argument("--frames", type=int, default=8, help="frames of the dynamic scene (default 8)")
     dynamic.add_argument("--cameras", type=int, default=20, help="cameras of the dynamic scene (default 20)")
     dynamic.add_argument("--resolution", type=int, default=128, help="marching cubes resolution per frame (default 128)")
+    speed = parser.add_argument_group("speed")
+    comma_list = lambda text: [s.strip() for s in text.split(",") if s.strip()]  # noqa: E731
+    speed.add_argument("--parts", type=comma_list,
+                       help=f"of {','.join(speed_bench.PARTS)} (default: encoding,train; all on CUDA)")
+    speed.add_argument("--backends", type=comma_list, help="encoding backends (default: every one usable here)")
+    speed.add_argument("--points", type=lambda text: [int(p) for p in comma_list(text)],
+                       help="log2 of the encoding's point counts (default 18,20)")
+    speed.add_argument("--prepare", action="store_true",
+                       help="only render the datasets a GPU machine's run needs (it has no Blender)")
+    speed.add_argument("--from-json", action="append", metavar="FILE",
+                       help="merge the rows of `python -m demo.speed_bench --json FILE` instead of running (repeatable)")
     args = parser.parse_args(argv)
     unknown = [n for n in args.names if n not in BENCHMARKS]
     if unknown:
