@@ -180,21 +180,18 @@ def make_grid(cfg, backend, device, half):
     """The hash grid on `device` running `backend` with every level active."""
     from engine.encoding import HashGrid
     grid = HashGrid(cfg).to(device)
-    if hasattr(grid, "set_backend"):
-        grid.set_backend(backend, half_table=half)
-    elif backend != "torch":
-        raise RuntimeError("this engine's HashGrid has no set_backend: only the torch backend runs")
+    grid.set_backend(backend, half_table=half)
     grid.set_active_levels(cfg.levels)
     return grid
 
 
 def _table_parameters(grid):
-    return grid.table_parameters() if hasattr(grid, "table_parameters") else [grid.table]
+    return grid.table_parameters()
 
 
 def table_bytes(grid):
     """Bytes of one table value as the lookups read it."""
-    if getattr(grid, "half_table", False):
+    if grid.half_table:
         return 2
     return _table_parameters(grid)[0].element_size()
 
@@ -283,9 +280,6 @@ def run_encoding(args, device, result, save):
             for log2 in args.points:
                 for taps in (False, True):
                     what = f"{'taps' if taps else 'encoding'} {backend} {'fp16' if half else 'fp32'} 2^{log2}"
-                    if taps and not hasattr(grid, "encode_taps"):
-                        result["skipped"][what] = "this engine's HashGrid has no encode_taps"
-                        continue
                     points, lookups = 2 ** log2, 2 ** log2 * (7 if taps else 1)
                     free = available_memory(device)
                     need = torch_backend_bytes(lookups, cfg.levels, cfg.features)
@@ -306,7 +300,7 @@ def run_encoding(args, device, result, save):
                         result["failed"].append(f"{what}: {type(exc).__name__}: {exc}")
                         say(f"{what}: failed: {exc}")
                         continue
-                    entry.update(backend=backend, half_table=bool(getattr(grid, "half_table", False)),
+                    entry.update(backend=backend, half_table=grid.half_table,
                                  grid=grid_summary(cfg), preset="fast")
                     result["encoding"].append(entry)
                     say(f"{what}: {entry['seconds'] * 1e3:.2f} ms, {entry['points_per_s'] / 1e6:.2f} M points/s, "
