@@ -36,12 +36,18 @@ class RenderConfig:
     background: float = 0.0        # grey level masked images are composited on
     background_model: str = "auto" # auto: a background NeRF outside the sphere when images have no masks; none
     background_samples: int = 32
+    early_stop: float = 0.0        # occupancy: a ray's samples end where its transmittance (estimated from
+                                   # the SDF alone) falls below this; 0: every occupied sample is evaluated
+    skip_alpha: float = 0.0        # occupancy: also skip samples whose estimated opacity is below this; 0: none
 
 
 @dataclass
 class TrainConfig:
     iterations: int = 15000
     rays_per_batch: int = 512
+    target_samples: int = 0        # > 0: adapt the rays per step so each step evaluates about this many
+                                   # samples (from rays_per_batch on); 0: rays_per_batch rays every step
+    max_rays: int = 0              # the adaptive batch's most rays; 0: 8 x rays_per_batch
     lr: float = 1e-2
     lr_variance: float = 1e-3
     warmup_iters: int = 50
@@ -101,6 +107,7 @@ class Config:
     data: DataConfig = field(default_factory=DataConfig)
     dynamic: DynamicConfig = field(default_factory=DynamicConfig)
     device: str = "auto"
+    backend: str = "auto"          # hash-grid encoding: auto (tcnn, then triton on CUDA, else torch) | tcnn | triton | torch
 
     def to_dict(self):
         return dataclasses.asdict(self)
@@ -131,6 +138,8 @@ class Config:
 
     def validate(self):
         """Raise InputError for a field outside its choices or range."""
+        if self.backend not in BACKENDS:
+            raise InputError(f"backend must be one of {', '.join(BACKENDS)}, got {self.backend!r}")
         for key, allowed in CHOICES.items():
             section, name = key.split(".")
             value = getattr(getattr(self, section), name)
@@ -156,7 +165,7 @@ class Config:
 
     @classmethod
     def from_dict(cls, data):
-        return cls(preset=data["preset"], device=data.get("device", "auto"),
+        return cls(preset=data["preset"], device=data.get("device", "auto"), backend=data.get("backend", "auto"),
                    encoding=HashGridConfig(**data["encoding"]), network=NetworkConfig(**data["network"]),
                    render=RenderConfig(**data["render"]), train=TrainConfig(**data["train"]),
                    mesh=MeshConfig(**data["mesh"]), data=DataConfig(**data.get("data", {})),
@@ -171,8 +180,9 @@ def preset(name):
             encoding=HashGridConfig(levels=14, features=2, log2_table=19, base_resolution=16,
                                     finest_resolution=2048),
             network=NetworkConfig(sdf_hidden=64, sdf_layers=1, color_hidden=64, color_layers=2),
-            render=RenderConfig(samples_per_ray=512, occupancy_resolution=128),
-            train=TrainConfig(iterations=15000, rays_per_batch=4096, start_levels=4, level_every=50),
+            render=RenderConfig(samples_per_ray=512, occupancy_resolution=128, early_stop=1e-3),
+            train=TrainConfig(iterations=15000, rays_per_batch=4096, target_samples=2 ** 18, start_levels=4,
+                              level_every=50),
             mesh=MeshConfig(resolution=512),
             dynamic=DynamicConfig(frame_iterations=2000, prediction_iterations=300))
     if name == "quality":
@@ -181,9 +191,9 @@ def preset(name):
             encoding=HashGridConfig(levels=16, features=8, log2_table=22, base_resolution=32,
                                     finest_resolution=2048),
             network=NetworkConfig(sdf_hidden=256, sdf_layers=1, color_hidden=256, color_layers=4),
-            render=RenderConfig(samples_per_ray=1024, occupancy_resolution=128),
-            train=TrainConfig(iterations=100000, rays_per_batch=4096, start_levels=4, level_every=5000,
-                              curvature_weight=5e-4, grid_weight_decay=1e-2),
+            render=RenderConfig(samples_per_ray=1024, occupancy_resolution=128, early_stop=1e-3),
+            train=TrainConfig(iterations=100000, rays_per_batch=4096, target_samples=2 ** 18, start_levels=4,
+                              level_every=5000, curvature_weight=5e-4, grid_weight_decay=1e-2),
             mesh=MeshConfig(resolution=1024),
             dynamic=DynamicConfig(frame_iterations=5000, prediction_iterations=500))
     if name == "cpu":
@@ -192,7 +202,7 @@ def preset(name):
             encoding=HashGridConfig(levels=10, features=2, log2_table=15, base_resolution=16,
                                     finest_resolution=256),
             network=NetworkConfig(sdf_hidden=64, sdf_layers=1, color_hidden=64, color_layers=2),
-            render=RenderConfig(samples_per_ray=128, occupancy_resolution=64),
+            render=RenderConfig(samples_per_ray=128, occupancy_resolution=64, early_stop=1e-3),
             train=TrainConfig(iterations=1000, rays_per_batch=512, start_levels=4, level_every=50),
             mesh=MeshConfig(resolution=256),
             dynamic=DynamicConfig(frame_iterations=300, prediction_iterations=100))
@@ -203,7 +213,9 @@ PRESETS = ("cpu", "fast", "quality")
 SECTIONS = ("encoding", "network", "render", "train", "mesh", "data", "dynamic")
 CHOICES = {"render.sampler": ("occupancy", "hierarchical"), "render.background_model": ("auto", "none"),
            "train.color_loss": ("l1", "huber"), "train.gradient": ("numerical", "analytic"),
-           "train.mixed_precision": ("auto", "off", "bf16", "fp16"), "dynamic.coordinates": ("world", "canonical")}
+           "train.mixed_precision": ("auto", "off", "bf16", "fp16"), "dynamic.coordinates": ("world", "canonical"),
+           "encoding.half_table": ("auto", "on", "off")}
+BACKENDS = ("auto", "tcnn", "triton", "torch")
 
 
 def parse_frames(text):

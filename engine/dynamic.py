@@ -144,6 +144,7 @@ class SequenceTrainer(Trainer):
         out = self.render(to_canonical(origins, rotation, shift), dirs @ rotation.T, cos_anneal=1.0,
                           eps=numerical_step(self.step, self.cfg, self.model.sdf.grid.resolutions),
                           gradient=self.cfg.train.gradient, jitter=True)
+        self.last_rays, self.last_samples = origins.shape[0], out["evaluated"]  # for the progress events
         loss = (out["rgb"] - rgb).abs().mean()
         if mask is not None:
             opacity = out["opacity"].clamp(1e-3, 1.0 - 1e-3)
@@ -186,7 +187,8 @@ class SequenceTrainer(Trainer):
                     rate = (step + 1) / max(now - started, 1e-6)
                     self.out.emit(protocol.PROGRESS, iteration=step + 1, total=dc.prediction_iterations,
                                   loss=round(loss, 6), losses={"prediction": round(loss, 6)}, psnr=None,
-                                  it_per_s=round(rate, 2), **self.report(rate, prediction_step=step + 1))
+                                  it_per_s=round(rate, 2), rays=self.last_rays, samples=self.last_samples,
+                                  **self.report(rate, prediction_step=step + 1))
         finally:
             for p in frozen:
                 p.requires_grad_(True)

@@ -12,7 +12,10 @@ import os
 STARTED = "started"      # config (resolved dict), device, backend, job; dynamic (true), frames [F...], coordinates
 STAGE = "stage"          # name: one of STAGES; "frame" has frame, index, count; "predict" and "extract" frame
 PROGRESS = "progress"    # iteration, total, loss, losses {term: value}, psnr, eta_s, frame (None for a static
-                         # job); frame_index, frame_count, phase ("predict" | "train"), sequence_progress (0-1);
+                         # job), it_per_s, rays (rays in the batch of the step just done), samples (samples
+                         # that step evaluated with gradients: normals, colour, backward; rays x samples
+                         # per ray after empty-space skipping and early termination); frame_index,
+                         # frame_count, phase ("predict" | "train"), sequence_progress (0-1);
                          # iteration/total count within the frame's phase, eta_s is for the whole job
 PREVIEW = "preview"      # path of a coarse mesh written during training
 MESH = "mesh"            # path, frame (None for a static job); iteration, loss, seconds (the frame's),

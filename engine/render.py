@@ -73,20 +73,34 @@ def sphere_chord(origins, dirs, radius=1.0):
     return near, far, hit & (far > near)
 
 
+def annealed_cos(cos, cos_anneal):
+    """NeuS's cosine, annealed from 'always decreasing' (-0.5 at a grazing angle) to the true one."""
+    return -(torch.relu(-cos * 0.5 + 0.5) * (1.0 - cos_anneal) + torch.relu(-cos) * cos_anneal)
+
+
 def neus_alpha(sdf, cos, step, inv_s, cos_anneal):
     """NeuS's unbiased opacity of a segment of length `step` around a sample (Wang et al. 2021, eq. 13),
     with the cosine annealed from 'always decreasing' to the true one."""
-    iter_cos = -(torch.relu(-cos * 0.5 + 0.5) * (1.0 - cos_anneal) + torch.relu(-cos) * cos_anneal)
+    iter_cos = annealed_cos(cos, cos_anneal)
     prev_cdf = torch.sigmoid((sdf - iter_cos * step * 0.5) * inv_s)
     next_cdf = torch.sigmoid((sdf + iter_cos * step * 0.5) * inv_s)
     return ((prev_cdf - next_cdf + 1e-5) / (prev_cdf + 1e-5)).clamp(0.0, 1.0)
 
 
-def _inference_samples(model, x, d, step, inv_s, cos_anneal, eps):
+def sdf_values(model, x):
+    """The SDF alone at x: SDFNetwork.value (one fused kernel with the Triton backend, outside autograd)
+    where the model has it, else the network's first output."""
+    value = getattr(model.sdf, "value", None)
+    return value(x) if value is not None else model.sdf(x)[0]
+
+
+def _inference_samples(model, x, d, step, inv_s, cos_anneal, eps, sdf=None):
     """Rendering without gradients: the SDF everywhere, but normals (6 more taps) and colour only
     where the logistic density is not saturated. Elsewhere NeuS's opacity is 0 outside the surface
-    and 1 inside it whatever the normal, and the colour there carries no weight."""
-    sdf = model.sdf(x)[0]
+    and 1 inside it whatever the normal, and the colour there carries no weight. `sdf`: the values
+    at x when the caller has them already (early termination looked them up)."""
+    if sdf is None:
+        sdf = sdf_values(model, x)
     near = (sdf.abs() < 12.0 / inv_s + step).nonzero().squeeze(1)
     alpha = (sdf < 0).to(sdf.dtype)
     grad = torch.zeros_like(x)
@@ -98,6 +112,66 @@ def _inference_samples(model, x, d, step, inv_s, cos_anneal, eps):
         alpha[near] = neus_alpha(s, (d[near] * g).sum(-1), step[near], inv_s, cos_anneal)
         grad[near] = g
     return sdf, grad, rgb, alpha, None
+
+
+# The steepest descent of the SDF along a ray that the opacity estimate for skipping allows: the
+# gradient's norm stays near 1 under the eikonal loss, 2 leaves room for a field still settling.
+SKIP_MAX_SLOPE = 2.0
+# The widest a sample's segment may look to the termination estimate, in units of the logistic
+# density's scale 1/s: a sample's own opacity estimate then stays below 1 - exp(-2 * this) unless
+# its SDF value alone says it lies deep inside, so no single misjudged cosine can end a ray.
+TERMINATION_HALF_WIDTH = 0.5
+
+
+@torch.no_grad()
+def marching_keep(sdf, flat, t, step, inv_s, cos_anneal, early_stop, skip_alpha=0.0):
+    """Which candidate samples still matter, judged from their SDF values alone (early termination).
+
+    `sdf` (M,): the SDF at the candidates `flat` (indices into the (R, S) samples at distances `t`,
+    in ray order), `step` (R, S) their segment lengths. Returns a boolean mask over the candidates.
+
+    A ray ends after the first sample where its estimated transmittance falls below `early_stop` (that
+    sample is kept: it is the one that makes the ray opaque). The estimate must not overrate opacity,
+    because a sample dropped too early loses what lies behind it, whereas one kept too long only costs
+    time. So each sample's NeuS opacity is taken with its cosine from the SDF's differences to its
+    neighbours on the ray: the less steep of the two, no steeper than -1 (a true SDF's slope; steeper
+    is a wiggle between samples), none at all (cosine 1) unless both neighbours are candidates, and
+    the segment's half-width times that cosine capped at TERMINATION_HALF_WIDTH / s: at a high
+    sharpness the numerical gradient at a sample can disagree with the slope between samples, and the
+    true opacity then comes a sample later. Deep inside (SDF < -15 / s or so) NeuS's opacity is 1
+    whatever the normal, so rays still end within a few samples of the surface.
+
+    With `skip_alpha` > 0, samples whose opacity stays below it even at the steepest plausible slope
+    (SKIP_MAX_SLOPE) are dropped too.
+    """
+    count = t.shape[1]
+    # Everything runs on the candidate list (sorted by ray, then along it), not on all R x S samples.
+    # Candidate i + 1 is candidate i's neighbour on the ray when their flat indices follow each other
+    # within one row; elsewhere the slope is not-a-number, which maximum() propagates.
+    t_of = t.reshape(-1)[flat]
+    adjacent = (flat[1:] == flat[:-1] + 1) & (flat[1:] % count != 0)
+    slope = (sdf[1:] - sdf[:-1]) / (t_of[1:] - t_of[:-1]).clamp_min(1e-8)
+    slope = torch.where(adjacent, slope, torch.full_like(slope, float("nan")))
+    gap = sdf.new_full((1,), float("nan"))
+    cos = torch.maximum(torch.cat([slope, gap]), torch.cat([gap, slope]))
+    seg = step.reshape(-1)[flat]
+    iter_cos = annealed_cos(cos.nan_to_num(1.0).clamp(-1.0, 1.0), cos_anneal)
+    iter_cos = torch.maximum(iter_cos, -2.0 * TERMINATION_HALF_WIDTH / (seg * inv_s).clamp_min(1e-12))
+    alpha = neus_alpha(sdf, iter_cos, seg, inv_s, 1.0)  # annealing 1 passes a cosine <= 0 through as it is
+    # Transmittance in front of each candidate: the running sum of log(1 - alpha) over the ray's
+    # candidates before it (non-candidates are transparent): one cumulative sum over the whole list
+    # (float64: it runs over all rays) minus its value where the ray's candidates begin.
+    log_clear = torch.log1p(-alpha.clamp(max=1.0 - 1e-7)).double()
+    before = log_clear.cumsum(0) - log_clear
+    ray = flat // count
+    index = torch.arange(len(flat), device=flat.device)
+    starts = torch.where(torch.cat([ray.new_ones(1, dtype=torch.bool), ray[1:] != ray[:-1]]), index, 0)
+    in_front = before - before[torch.cummax(starts, 0).values]
+    keep = in_front >= math.log(early_stop) if early_stop > 0 else torch.ones_like(sdf, dtype=torch.bool)
+    if skip_alpha > 0:
+        steepest = neus_alpha(sdf, torch.full_like(sdf, -SKIP_MAX_SLOPE), seg, inv_s, cos_anneal)
+        keep &= steepest >= skip_alpha
+    return keep
 
 
 def sample_pdf(bins, weights, count, jitter=False, generator=None):
@@ -158,14 +232,17 @@ def hierarchical_samples(sdf_fn, origins, dirs, near, far, coarse, fine, rounds,
 
 def render_rays(model, grid, origins, dirs, samples, cos_anneal, eps, gradient="numerical",
                 curvature=False, jitter=True, generator=None, background=0.0, sampler="occupancy",
-                fine_samples=64, up_sample_rounds=4):
+                fine_samples=64, up_sample_rounds=4, early_stop=0.0, skip_alpha=0.0):
     """Colour, opacity and per-sample terms of a batch of rays.
 
-    sampler "occupancy": `samples` fixed steps per ray, evaluated where the grid is occupied;
-    "hierarchical": `samples` coarse plus `fine_samples` importance samples, evaluated in the grid's
-    region. Returns a dict: rgb (R, 3) composited over the background (the model's background NeRF
-    when it has one, else the constant grey `background`), opacity (R,) of the surface alone, grad
-    (M, 3) and laplacian (M,) or None at the M evaluated samples, and `evaluated` (M).
+    sampler "occupancy": `samples` fixed steps per ray, evaluated where the grid is occupied; with
+    `early_stop` > 0 the SDF alone is looked up there first and only the samples marching_keep keeps
+    (up to where the ray's estimated transmittance falls below early_stop; with `skip_alpha`, not those
+    of negligible opacity) are evaluated with normals and colour. "hierarchical": `samples` coarse plus
+    `fine_samples` importance samples, evaluated in the grid's region. Returns a dict: rgb (R, 3)
+    composited over the background (the model's background NeRF when it has one, else the constant
+    grey `background`), opacity (R,) of the surface alone, grad (M, 3) and laplacian (M,) or None at the
+    M evaluated samples, `evaluated` (M) and `candidates` (samples in occupied cells, M or more).
     """
     rays, device = origins.shape[0], origins.device
     near, far, hit = sphere_chord(origins, dirs)
@@ -192,18 +269,27 @@ def render_rays(model, grid, origins, dirs, samples, cos_anneal, eps, gradient="
     points = origins[:, None, :] + t[..., None] * dirs[:, None, :]
     keep = grid.lookup(points, occupied) & hit[:, None]
     flat = keep.reshape(-1).nonzero().squeeze(1)
+    candidates = flat.numel()
+    inv_s = model.sharpness()
+    sdf = None
+    if sampler == "occupancy" and (early_stop > 0 or skip_alpha > 0) and candidates:
+        # One SDF tap per candidate (no normals, no colour, no backward) decides which samples
+        # are worth the full evaluation: 7 taps, the colour MLP and, in training, their backward.
+        with torch.no_grad():
+            sdf = sdf_values(model, points.reshape(-1, 3)[flat])
+            keep_sample = marching_keep(sdf, flat, t, step, inv_s.detach(), cos_anneal, early_stop, skip_alpha)
+        flat, sdf = flat[keep_sample], sdf[keep_sample]
     ray_of = flat // count
     x = points.reshape(-1, 3)[flat]
     d = dirs[ray_of]
     seg = step.reshape(-1)[flat]
-    inv_s = model.sharpness()
     if torch.is_grad_enabled():
         sdf, grad, feat, lap = model.sdf.with_gradient(x, eps, gradient, curvature)
         normals = grad / grad.norm(dim=-1, keepdim=True).clamp_min(1e-6)
         rgb = model.color(feat, normals, d)
         alpha = neus_alpha(sdf, (d * grad).sum(-1), seg, inv_s, cos_anneal)
     else:
-        sdf, grad, rgb, alpha, lap = _inference_samples(model, x, d, seg, inv_s, cos_anneal, eps)
+        sdf, grad, rgb, alpha, lap = _inference_samples(model, x, d, seg, inv_s, cos_anneal, eps, sdf)
     alpha_full = torch.zeros(rays * count, dtype=alpha.dtype, device=device).index_put((flat,), alpha)
     alpha_full = alpha_full.view(rays, count)
     transmittance = torch.cumprod(torch.cat([torch.ones(rays, 1, device=device), 1.0 - alpha_full + 1e-7], 1),
@@ -218,4 +304,5 @@ def render_rays(model, grid, origins, dirs, samples, cos_anneal, eps, gradient="
     else:
         behind = torch.full_like(color, float(background))
     color = color + (1.0 - opacity[:, None]) * behind
-    return {"rgb": color, "opacity": opacity, "grad": grad, "laplacian": lap, "evaluated": flat.numel()}
+    return {"rgb": color, "opacity": opacity, "grad": grad, "laplacian": lap, "evaluated": flat.numel(),
+            "candidates": candidates}

@@ -9,6 +9,7 @@ import numpy as np
 import torch
 
 from . import protocol
+from .backends import half_table_enabled, resolve_backend
 from .config import Config, InputError
 from .data import Normalization, RayDataset, carve
 from .rig import RigError
@@ -21,6 +22,10 @@ from .render import OccupancyGrid, render_rays
 
 class Cancelled(Exception):
     pass
+
+
+MIN_RAYS = 64            # the adaptive batch never draws fewer rays (nor more than train.max_rays)
+BATCH_SMOOTHING = 0.9    # weight of the past in the adaptive batch's samples per ray
 
 
 def resolve_device(name):
@@ -83,6 +88,10 @@ class Trainer:
         self.device = resolve_device(cfg.device)
         torch.manual_seed(cfg.train.seed)
         self.generator = torch.Generator().manual_seed(cfg.train.seed)
+        # The ray batch: fixed at train.rays_per_batch, or adapted to train.target_samples (adapt_batch).
+        self.rays = cfg.train.rays_per_batch
+        self.samples_per_ray = None     # smoothed evaluated samples per ray of the steps so far
+        self.last_rays = self.last_samples = 0
         for sub in (protocol.CHECKPOINTS_DIR, protocol.MESHES_DIR, protocol.PREVIEWS_DIR):
             os.makedirs(os.path.join(job_dir, sub), exist_ok=True)
 
@@ -111,6 +120,10 @@ class Trainer:
                      f"region: centre {np.round(n.center, 4).tolist()}, radius {n.radius:.4g}")
         use_background = self.cfg.render.background_model == "auto" and not self.data.has_masks
         self.model = SDFModel(self.cfg, background=use_background).to(self.device)
+        self.backend = resolve_backend(self.cfg.backend, self.device, self.cfg.encoding.features)
+        half_table = half_table_enabled(self.cfg.encoding.half_table, self.backend, self.device)
+        self.model.sdf.grid.set_backend(self.backend, half_table=half_table)
+        self.out.log(f"hash encoding: {self.backend} backend" + (", float16 table lookups" if half_table else ""))
         self.amp_dtype = mixed_precision_dtype(self.cfg.train.mixed_precision, self.device)
         self.model.set_mixed_precision(self.amp_dtype)
         # float16 gradients underflow without loss scaling; bfloat16 has float32's range and needs none.
@@ -156,7 +169,8 @@ class Trainer:
         path = self.checkpoint_path(self.step)
         state = {"step": self.step, "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
                  "grid": self.grid.state_dict(), "scaler": self.scaler.state_dict(), "generator": self.generator.get_state(),
-                 "torch_rng": torch.get_rng_state(), "config": self.cfg.to_dict(), **self.checkpoint_extra()}
+                 "torch_rng": torch.get_rng_state(), "config": self.cfg.to_dict(), "backend": self.backend,
+                 "batch": {"rays": self.rays, "samples_per_ray": self.samples_per_ray}, **self.checkpoint_extra()}
         torch.save(state, path + ".tmp")
         os.replace(path + ".tmp", path)
         for old in sorted(glob.glob(os.path.join(self.job_dir, protocol.CHECKPOINTS_DIR, "step_*.pt")))[:-2]:
@@ -184,6 +198,12 @@ class Trainer:
     def load_checkpoint(self, path):
         """Restore the training state; returns the checkpoint's dict (for checkpoint_extra's fields)."""
         state = torch.load(path, map_location=self.device, weights_only=False)
+        # torch and triton share one table layout; tiny-cuda-nn keeps its own parameters.
+        written_by = state.get("backend", "torch")
+        if (written_by == "tcnn") != (self.backend == "tcnn"):
+            raise InputError(f"{path} was written by the {written_by} encoding backend and cannot be read by the "
+                             f"{self.backend} backend: run with --backend {written_by} "
+                             f"(tcnn checkpoints need tiny-cuda-nn; torch and triton ones are interchangeable)")
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.grid.load_state_dict(state["grid"])
@@ -192,6 +212,10 @@ class Trainer:
         self.generator.set_state(state["generator"].cpu())
         torch.set_rng_state(state["torch_rng"].cpu())
         self.step = state["step"]
+        # The adapted batch size, so that a resumed run draws the batches an uninterrupted one would.
+        batch = state.get("batch") or {}
+        self.rays = int(batch.get("rays", self.cfg.train.rays_per_batch))
+        self.samples_per_ray = batch.get("samples_per_ray")
         return state
 
     @staticmethod
@@ -202,7 +226,7 @@ class Trainer:
     # -- training -------------------------------------------------------------------------------
     def sdf_fn(self, x):
         """SDF at points given on any device, returned on the CPU (for extraction)."""
-        return self.model.sdf(x.to(self.device))[0].to(x.device)
+        return self.model.sdf.value(x.to(self.device)).to(x.device)
 
     def render(self, origins, dirs, cos_anneal, eps, gradient="numerical", curvature=False, jitter=False):
         """render_rays with the configured sampler (normalised-space rays on the training device)."""
@@ -210,7 +234,8 @@ class Trainer:
         return render_rays(self.model, self.grid, origins, dirs, rc.samples_per_ray, cos_anneal=cos_anneal, eps=eps,
                            gradient=gradient, curvature=curvature, jitter=jitter,
                            generator=self.generator if jitter else None, background=rc.background,
-                           sampler=rc.sampler, fine_samples=rc.fine_samples, up_sample_rounds=rc.up_sample_rounds)
+                           sampler=rc.sampler, fine_samples=rc.fine_samples, up_sample_rounds=rc.up_sample_rounds,
+                           early_stop=rc.early_stop, skip_alpha=rc.skip_alpha)
 
     def lr_factor(self):
         """The learning rate of this step as a fraction of the configured one."""
@@ -220,7 +245,27 @@ class Trainer:
         """A random batch of the training views' rays on the training device, in the model's space:
         origins, directions, colours and mask values (None without masks)."""
         return tuple(None if t is None else t.to(self.device)
-                     for t in self.data.sample(self.cfg.train.rays_per_batch, self.generator))
+                     for t in self.data.sample(self.rays, self.generator))
+
+    def max_rays(self):
+        """The adaptive batch's most rays: train.max_rays, or 8 x rays_per_batch when that is 0."""
+        tc = self.cfg.train
+        return tc.max_rays if tc.max_rays > 0 else 8 * tc.rays_per_batch
+
+    def adapt_batch(self, rays, samples):
+        """instant-nsr-pl's (and instant-ngp's) dynamic batch: the next step draws rays * target_samples
+        / samples rays, so that every step evaluates about train.target_samples samples however many
+        each ray gets (fewer as the occupancy grid tightens, early termination cuts the rays and
+        the sharpness grows). The samples per ray are smoothed over steps (a batch's share of rays that
+        hit the object varies), and the count stays within [MIN_RAYS, max_rays()]."""
+        target = self.cfg.train.target_samples
+        if target <= 0:
+            return
+        per_ray = samples / max(rays, 1)
+        self.samples_per_ray = (per_ray if self.samples_per_ray is None
+                                else BATCH_SMOOTHING * self.samples_per_ray + (1.0 - BATCH_SMOOTHING) * per_ray)
+        low = min(MIN_RAYS, self.cfg.train.rays_per_batch)
+        self.rays = int(min(max(target / max(self.samples_per_ray, 1e-3), low), self.max_rays()))
 
     def train_step(self):
         cfg, tc = self.cfg, self.cfg.train
@@ -235,6 +280,8 @@ class Trainer:
         origins, dirs, rgb_gt, mask = self.sample_rays()
         out = self.render(origins, dirs, cos_anneal=min(1.0, self.step / max(1, cfg.render.cos_anneal_iters)),
                           eps=eps, gradient=tc.gradient, curvature=tc.curvature_weight > 0, jitter=True)
+        self.last_rays, self.last_samples = origins.shape[0], out["evaluated"]
+        self.adapt_batch(self.last_rays, self.last_samples)
         rgb = out["rgb"]
         diff = rgb - rgb_gt
         color_loss = (torch.nn.functional.huber_loss(rgb, rgb_gt, delta=0.1) if tc.color_loss == "huber"
@@ -307,7 +354,8 @@ class Trainer:
                 fields = dict(iteration=self.step - begin, total=end - begin, loss=round(loss, 6),
                               losses={k: round(v, 6) for k, v in losses.items()}, psnr=round(psnr, 3),
                               eta_s=round((end - self.step) / max(rate, 1e-6), 1), frame=None, levels=levels,
-                              inv_s=round(float(self.model.sharpness().detach()), 2), it_per_s=round(rate, 2))
+                              inv_s=round(float(self.model.sharpness().detach()), 2), it_per_s=round(rate, 2),
+                              rays=self.last_rays, samples=self.last_samples)
                 if report is not None:
                     fields.update(report(rate))
                 self.out.emit(protocol.PROGRESS, **fields)
