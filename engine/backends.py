@@ -5,6 +5,7 @@ everywhere). `auto` takes the first of these that this Python and device can run
 Triton kernels also run on CPU tensors under Triton's interpreter (TRITON_INTERPRET=1), slowly: that is
 how they are tested without a GPU. `auto` never picks that; `--backend triton` with the variable set does.
 """
+import functools
 import importlib
 import os
 
@@ -64,6 +65,45 @@ def resolve_backend(requested, device, features=2):
     if reason is not None:
         raise InputError(f"--backend {requested}: {reason}; use --backend auto or torch")
     return requested
+
+
+def kernel_problem(backend, device, features=2, sdf_hidden=None, half_table=False):
+    """None when `backend`'s kernels compile and agree with the torch reference on `device`, else why
+    not, in words. Only Triton on CUDA is checked (engine.hashgrid_triton.self_check: a few seconds the
+    first time, then Triton's cache): interpreted Triton is a test tool, torch is the reference, and
+    tiny-cuda-nn is compiled when it is installed."""
+    if backend != "triton" or device != "cuda":
+        return None
+    return _triton_problem(features, sdf_hidden, bool(half_table))
+
+
+@functools.lru_cache(maxsize=None)
+def _triton_problem(features, sdf_hidden, half_table):
+    """kernel_problem for Triton on CUDA, once per process and variant (the CLI checks before the job
+    starts, the trainer again when it builds the model)."""
+    device = "cuda"
+    try:
+        from .hashgrid_triton import self_check
+        self_check(device, features, sdf_hidden, half_table)
+    except Exception as exc:  # a compiler error, a driver error, a wrong result: the kernels are unusable here
+        first_line = (str(exc).strip().splitlines() or [""])[0][:300]
+        return f"{type(exc).__name__}: {first_line}"
+    return None
+
+
+def checked_backend(requested, device, encoding, sdf_hidden, warn):
+    """(backend, half_table) to train with: resolve_backend's choice once its kernels have run here (see
+    kernel_problem); when they fail, `warn` says so and the torch backend takes over before training
+    starts, rather than the job failing at its first encoding."""
+    backend = resolve_backend(requested, device, encoding.features)
+    half_table = half_table_enabled(encoding.half_table, backend, device)
+    problem = kernel_problem(backend, device, encoding.features, sdf_hidden, half_table)
+    if problem is not None:
+        warn(f"the {backend} kernels failed their start-up check on this GPU ({problem}); "
+             f"training with the torch backend instead")
+        backend = "torch"
+        half_table = half_table_enabled(encoding.half_table, backend, device)
+    return backend, half_table
 
 
 def half_table_enabled(setting, backend, device):

@@ -141,14 +141,17 @@ def run_train(args, out):
     elif cfg.dynamic.frames:
         raise InputError(f"--frames {cfg.dynamic.frames}: {rig.path} is not a dynamic rig (it has one frame)")
     device = resolve_device(cfg.device)
-    from .backends import half_table_enabled, resolve_backend
-    backend = resolve_backend(cfg.backend, device, cfg.encoding.features)  # a bad choice fails before the job exists
+    from .backends import checked_backend, resolve_backend
+    resolve_backend(cfg.backend, device, cfg.encoding.features)  # a bad choice fails before the job exists
     os.makedirs(args.out, exist_ok=True)
     out.attach(args.out)
     write_config(args.out, cfg)
     torch.set_num_threads(max(1, os.cpu_count() or 1))
-    out.emit(protocol.STARTED, config=cfg.to_dict(), device=device, backend=backend,
-             half_table=half_table_enabled(cfg.encoding.half_table, backend, device),
+    # The kernels run once before the job starts; a backend that fails here gives way to torch (with a
+    # warning event), and the job trains with what `started` names.
+    backend, half_table = checked_backend(cfg.backend, device, cfg.encoding, cfg.network.sdf_hidden, out.warn)
+    cfg.backend = backend
+    out.emit(protocol.STARTED, config=cfg.to_dict(), device=device, backend=backend, half_table=half_table,
              job=os.path.abspath(args.out), data=rig.path, views=len(rig.views), **sequence)
     out.log(f"training {rig.path} ({len(rig.views)} views) with preset {cfg.preset} on {device}, "
             f"{cfg.train.iterations} iterations, into {os.path.abspath(args.out)}")

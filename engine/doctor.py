@@ -45,7 +45,7 @@ def diagnose():
         missing = [pip for module, pip in REQUIRED if not _importable(module)]
         optional_missing = [pip for module, pip in OPTIONAL if not _importable(module)]
         torch_version = device = gpu = memory = None
-        backend, backends = "torch", ["torch"]
+        backend, backends, unusable = "torch", ["torch"], {}
         if "torch" not in missing:
             import torch
             torch_version = torch.__version__
@@ -54,19 +54,31 @@ def diagnose():
                 memory = round(torch.cuda.get_device_properties(0).total_memory / 2 ** 30, 1)
             if "numpy" not in missing:
                 # The encoding backends this Python can run, best first: what `--backend auto` takes.
-                from .backends import available_backends
-                backends = available_backends(device or "cpu")
+                # On a GPU, Triton is listed only when its kernels compile and agree with torch here.
+                from .backends import available_backends, kernel_problem
+                from .config import preset
+                fast = preset("fast")
+                backends = []
+                for name in available_backends(device or "cpu"):
+                    problem = kernel_problem(name, device or "cpu", fast.encoding.features,
+                                             fast.network.sdf_hidden, half_table=name == "triton")
+                    if problem is None:
+                        backends.append(name)
+                    else:
+                        unusable[name] = problem
                 backend = backends[0]
     device = device or "cpu"
     if missing:
         message = f"missing packages: {', '.join(missing)}; install them into this Python ({SETUP_HINT})"
     elif device == "cuda":
         message = f"torch {torch_version} on {gpu} ({memory:g} GB); backend {backend}"
+        message += "".join(f"; {name} unusable here: {why}" for name, why in unusable.items())
     else:
         message = f"torch {torch_version} on CPU (no CUDA GPU); backend {backend}"
     return {"ok": not missing, "python": sys.executable, "python_version": platform.python_version(),
             "torch": torch_version, "device": device, "gpu": gpu, "gpu_memory_gb": memory, "backend": backend,
-            "backends": backends, "missing": missing, "optional_missing": optional_missing, "message": message}
+            "backends": backends, "unusable_backends": unusable, "missing": missing,
+            "optional_missing": optional_missing, "message": message}
 
 
 def main():

@@ -28,14 +28,56 @@ BLOCK = 128
 
 
 @triton.jit
-def _corner_rows(ix, iy, iz, cx: tl.constexpr, cy: tl.constexpr, cz: tl.constexpr, side, base, dense, table_mask):
-    x = ix + cx
-    y = iy + cy
-    z = iz + cz
+def _corner_rows(ix, iy, iz, CORNER: tl.constexpr, side, base, dense, table_mask):
+    """Table rows of lattice corner CORNER (bits x, y, z) of the cells at (ix, iy, iz)."""
+    x = ix + (CORNER & 1)
+    y = iy + ((CORNER >> 1) & 1)
+    z = iz + ((CORNER >> 2) & 1)
     dense_row = x + side * (y + side * z)
     hashed = (x.to(tl.uint32) * 1) ^ (y.to(tl.uint32) * 2654435761) ^ (z.to(tl.uint32) * 805459861)
     hashed_row = (hashed & table_mask).to(tl.int64)
     return base + tl.where(dense, dense_row, hashed_row)
+
+
+@triton.jit
+def _side_weight(w, UPPER: tl.constexpr):
+    """The trilinear factor along one axis: w toward the upper corner, 1 - w toward the lower one.
+    (A constexpr choice: compiled code has no branch. Loop-local `x: tl.constexpr = ...` annotations
+    cannot be used for this: the compiler refuses to redefine them in every unrolled iteration.)"""
+    if UPPER:
+        factor = w
+    else:
+        factor = 1.0 - w
+    return factor
+
+
+@triton.jit
+def _cell(x, y, z, res):
+    """Lower corner (int64) and fractional position of points x, y, z in [0, 1] in a level of
+    resolution res; the last cell of each level is closed on both sides (a point on the far face
+    stays in it)."""
+    px = x * res
+    py = y * res
+    pz = z * res
+    fx = tl.minimum(tl.floor(px), res - 1.0)
+    fy = tl.minimum(tl.floor(py), res - 1.0)
+    fz = tl.minimum(tl.floor(pz), res - 1.0)
+    return fx.to(tl.int64), fy.to(tl.int64), fz.to(tl.int64), px - fx, py - fy, pz - fz
+
+
+@triton.jit
+def _interpolate(table_ptr, x, y, z, res, side, base, dense, table_mask, live, F: tl.constexpr, BLOCK: tl.constexpr):
+    """(BLOCK, F) float32: one level's features at points x, y, z in [0, 1], blended from its 8 corners."""
+    ix, iy, iz, wx, wy, wz = _cell(x, y, z, res)
+    f = tl.arange(0, F)
+    acc = tl.zeros((BLOCK, F), dtype=tl.float32)
+    for corner in tl.static_range(8):
+        weight = (_side_weight(wx, corner & 1) * _side_weight(wy, (corner >> 1) & 1)
+                  * _side_weight(wz, (corner >> 2) & 1))
+        rows = _corner_rows(ix, iy, iz, corner, side, base, dense, table_mask)
+        values = tl.load(table_ptr + rows[:, None] * F + f[None, :], mask=live[:, None], other=0.0)
+        acc += weight[:, None] * values.to(tl.float32)
+    return acc
 
 
 @triton.jit
@@ -63,28 +105,7 @@ def _encode_forward(u_ptr, table_ptr, out_ptr, res_ptr, side_ptr, offset_ptr,
     side = tl.load(side_ptr + level)
     base = tl.load(offset_ptr + level)
     dense = level < n_dense
-    # The last cell of each level is closed on both sides (a point on the far face stays in it).
-    px = x * res
-    py = y * res
-    pz = z * res
-    fx = tl.minimum(tl.floor(px), res - 1.0)
-    fy = tl.minimum(tl.floor(py), res - 1.0)
-    fz = tl.minimum(tl.floor(pz), res - 1.0)
-    wx = px - fx
-    wy = py - fy
-    wz = pz - fz
-    ix = fx.to(tl.int64)
-    iy = fy.to(tl.int64)
-    iz = fz.to(tl.int64)
-    acc = tl.zeros((BLOCK, F), dtype=tl.float32)
-    for corner in tl.static_range(8):
-        cx: tl.constexpr = corner & 1
-        cy: tl.constexpr = (corner >> 1) & 1
-        cz: tl.constexpr = (corner >> 2) & 1
-        weight = ((wx if cx else 1.0 - wx) * (wy if cy else 1.0 - wy) * (wz if cz else 1.0 - wz))
-        rows = _corner_rows(ix, iy, iz, cx, cy, cz, side, base, dense, table_mask)
-        values = tl.load(table_ptr + rows[:, None] * F + f[None, :], mask=live[:, None], other=0.0)
-        acc += weight[:, None] * values.to(tl.float32)
+    acc = _interpolate(table_ptr, x, y, z, res, side, base, dense, table_mask, live, F, BLOCK)
     out_rows = tap * n + p
     tl.store(out_ptr + out_rows[:, None] * out_stride + level * F + f[None, :], acc, mask=live[:, None])
 
@@ -109,18 +130,7 @@ def _encode_backward(u_ptr, table_ptr, grad_out_ptr, grad_table_ptr, grad_u_ptr,
     side = tl.load(side_ptr + level)
     base = tl.load(offset_ptr + level)
     dense = level < n_dense
-    px = x * res
-    py = y * res
-    pz = z * res
-    fx = tl.minimum(tl.floor(px), res - 1.0)
-    fy = tl.minimum(tl.floor(py), res - 1.0)
-    fz = tl.minimum(tl.floor(pz), res - 1.0)
-    wx = px - fx
-    wy = py - fy
-    wz = pz - fz
-    ix = fx.to(tl.int64)
-    iy = fy.to(tl.int64)
-    iz = fz.to(tl.int64)
+    ix, iy, iz, wx, wy, wz = _cell(x, y, z, res)
     out_rows = tap * n + p
     grad = tl.load(grad_out_ptr + out_rows[:, None] * out_stride + level * F + f[None, :], mask=live[:, None],
                    other=0.0).to(tl.float32)
@@ -128,22 +138,19 @@ def _encode_backward(u_ptr, table_ptr, grad_out_ptr, grad_table_ptr, grad_u_ptr,
     gy = tl.zeros((BLOCK,), dtype=tl.float32)
     gz = tl.zeros((BLOCK,), dtype=tl.float32)
     for corner in tl.static_range(8):
-        cx: tl.constexpr = corner & 1
-        cy: tl.constexpr = (corner >> 1) & 1
-        cz: tl.constexpr = (corner >> 2) & 1
-        ax = wx if cx else 1.0 - wx
-        ay = wy if cy else 1.0 - wy
-        az = wz if cz else 1.0 - wz
-        rows = _corner_rows(ix, iy, iz, cx, cy, cz, side, base, dense, table_mask)
+        ax = _side_weight(wx, corner & 1)
+        ay = _side_weight(wy, (corner >> 1) & 1)
+        az = _side_weight(wz, (corner >> 2) & 1)
+        rows = _corner_rows(ix, iy, iz, corner, side, base, dense, table_mask)
         offsets = rows[:, None] * F + f[None, :]
         tl.atomic_add(grad_table_ptr + offsets, (ax * ay * az)[:, None] * grad, mask=live[:, None])
         if NEED_POSITIONS:
             values = tl.load(table_ptr + offsets, mask=live[:, None], other=0.0).to(tl.float32)
             along = tl.sum(values * grad, axis=1)
-            # d(weight)/d(frac) is +-1 times the other two factors; d(frac)/du = res.
-            gx += along * (1.0 if cx else -1.0) * ay * az
-            gy += along * (1.0 if cy else -1.0) * ax * az
-            gz += along * (1.0 if cz else -1.0) * ax * ay
+            # d(weight)/d(frac) is +-1 times the other two factors (+ toward the upper corner); d(frac)/du = res.
+            gx += along * (2.0 * (corner & 1) - 1.0) * ay * az
+            gy += along * (2.0 * ((corner >> 1) & 1) - 1.0) * ax * az
+            gz += along * (2.0 * ((corner >> 2) & 1) - 1.0) * ax * ay
     if NEED_POSITIONS:
         # clamp(u, 0, 1) passes the gradient inside [0, 1] only, as torch's clamp does.
         inside_x = ((x_raw >= 0.0) & (x_raw <= 1.0)).to(tl.float32)
@@ -214,12 +221,17 @@ def encode(u, table, lookup, layout, active, eps=0.0, taps=1):
 @triton.jit
 def _sdf_value(x_ptr, table_ptr, w_in_ptr, b_in_ptr, w_out_ptr, b_out, out_ptr, res_ptr, side_ptr, offset_ptr,
                n, n_dense, table_mask, active,
-               LEVELS: tl.constexpr, F: tl.constexpr, HIDDEN: tl.constexpr, BLOCK: tl.constexpr):
+               F: tl.constexpr, HIDDEN: tl.constexpr, BLOCK: tl.constexpr):
     """SDF values of points x in [-1, 1]^3 through the encoding and a one-hidden-layer MLP, fused: the
-    encoding's features go straight into the hidden layer's accumulator (nothing is written between)."""
+    encoding's features go straight into the hidden layer's accumulator (nothing is written between).
+
+    The levels are a run-time loop: unrolled (levels x features x corners) the quality preset's kernel
+    took minutes to compile and the fast preset's was megabytes of code. One level's body (8 corner
+    lookups of F features, then F rank-1 updates of the hidden layer) is what gets compiled."""
     p = (tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)).to(tl.int64)
     live = p < n
     k = tl.arange(0, HIDDEN)
+    f = tl.arange(0, F)
     hidden = tl.zeros((BLOCK, HIDDEN), dtype=tl.float32) + tl.load(b_in_ptr + k)[None, :]
     xs = tl.load(x_ptr + p * 3 + 0, mask=live, other=0.0)
     ys = tl.load(x_ptr + p * 3 + 1, mask=live, other=0.0)
@@ -231,34 +243,15 @@ def _sdf_value(x_ptr, table_ptr, w_in_ptr, b_in_ptr, w_out_ptr, b_out, out_ptr, 
     x = tl.minimum(tl.maximum((xs + 1.0) * 0.5, 0.0), 1.0)
     y = tl.minimum(tl.maximum((ys + 1.0) * 0.5, 0.0), 1.0)
     z = tl.minimum(tl.maximum((zs + 1.0) * 0.5, 0.0), 1.0)
-    for level in tl.static_range(LEVELS):
-        if level < active:
-            res = tl.load(res_ptr + level)
-            side = tl.load(side_ptr + level)
-            base = tl.load(offset_ptr + level)
-            dense = level < n_dense
-            px = x * res
-            py = y * res
-            pz = z * res
-            fx = tl.minimum(tl.floor(px), res - 1.0)
-            fy = tl.minimum(tl.floor(py), res - 1.0)
-            fz = tl.minimum(tl.floor(pz), res - 1.0)
-            wx = px - fx
-            wy = py - fy
-            wz = pz - fz
-            ix = fx.to(tl.int64)
-            iy = fy.to(tl.int64)
-            iz = fz.to(tl.int64)
-            for f in tl.static_range(F):
-                feature = tl.zeros((BLOCK,), dtype=tl.float32)
-                for corner in tl.static_range(8):
-                    cx: tl.constexpr = corner & 1
-                    cy: tl.constexpr = (corner >> 1) & 1
-                    cz: tl.constexpr = (corner >> 2) & 1
-                    weight = (wx if cx else 1.0 - wx) * (wy if cy else 1.0 - wy) * (wz if cz else 1.0 - wz)
-                    rows = _corner_rows(ix, iy, iz, cx, cy, cz, side, base, dense, table_mask)
-                    feature += weight * tl.load(table_ptr + rows * F + f, mask=live, other=0.0).to(tl.float32)
-                hidden += feature[:, None] * tl.load(w_in_ptr + (3 + level * F + f) * HIDDEN + k)[None, :]
+    for level in range(0, active):
+        res = tl.load(res_ptr + level)
+        side = tl.load(side_ptr + level)
+        base = tl.load(offset_ptr + level)
+        dense = level < n_dense
+        features = _interpolate(table_ptr, x, y, z, res, side, base, dense, table_mask, live, F, BLOCK)
+        for j in tl.static_range(F):
+            column = tl.sum(tl.where(f[None, :] == j, features, 0.0), axis=1)
+            hidden += column[:, None] * tl.load(w_in_ptr + (3 + level * F + j) * HIDDEN + k)[None, :]
     # Softplus with beta 100 (torch's threshold: linear above beta * h = 20).
     scaled = hidden * 100.0
     hidden = tl.where(scaled > 20.0, hidden, tl.log(1.0 + tl.exp(tl.minimum(scaled, 20.0))) * 0.01)
@@ -266,7 +259,10 @@ def _sdf_value(x_ptr, table_ptr, w_in_ptr, b_in_ptr, w_out_ptr, b_out, out_ptr, 
     tl.store(out_ptr + p, sdf, mask=live)
 
 
-SDF_BLOCK = 64
+def sdf_block(hidden):
+    """Points per program of the fused SDF kernel: its (BLOCK, HIDDEN) hidden layer lives in registers,
+    so wide networks take fewer points (64 for the fast preset's 64 units, 16 for quality's 256)."""
+    return max(16, min(64, 4096 // hidden))
 
 
 def sdf_values(x, lookup, layout, active, first, last):
@@ -278,9 +274,77 @@ def sdf_values(x, lookup, layout, active, first, last):
     out = torch.empty(n, device=x.device, dtype=torch.float32)
     if n:
         hidden = first.weight.shape[0]
-        _sdf_value[(triton.cdiv(n, SDF_BLOCK),)](
+        block = sdf_block(hidden)
+        _sdf_value[(triton.cdiv(n, block),)](
             x, lookup, first.weight.detach().t().contiguous().float(), first.bias.detach().float().contiguous(),
             last.weight.detach()[0].float().contiguous(), float(last.bias.detach()[0]), out,
             layout.resolutions, layout.side, layout.offsets, n, layout.dense_levels, layout.table_mask, int(active),
-            LEVELS=layout.levels, F=layout.features, HIDDEN=hidden, BLOCK=SDF_BLOCK)
+            F=layout.features, HIDDEN=hidden, BLOCK=block)
     return out
+
+
+# -- what the engine launches, for compiling ahead of time (tests, `bench compile`) ---------------------
+# Triton type names of the launches' arguments; `table` is the lookup table's (float32, or its float16
+# copy). Integers are 32-bit: point counts stay below 2^31 (rows beyond are computed in int64 inside).
+_POINTERS = {"res_ptr": "*fp32", "side_ptr": "*i64", "offset_ptr": "*i64"}
+_INTS = {"n": "i32", "n_dense": "i32", "table_mask": "i32"}
+
+
+def kernel_signatures(table):
+    """{kernel name: (jit function, {argument: Triton type or "constexpr"})} for a lookup table of
+    Triton type `table` (fp32 | fp16), in the order of each kernel's parameters."""
+    forward = {"u_ptr": "*fp32", "table_ptr": f"*{table}", "out_ptr": "*fp32", **_POINTERS, **_INTS,
+               "eps": "fp32", "out_stride": "i32", "F": "constexpr", "BLOCK": "constexpr"}
+    backward = {"u_ptr": "*fp32", "table_ptr": f"*{table}", "grad_out_ptr": "*fp32", "grad_table_ptr": "*fp32",
+                "grad_u_ptr": "*fp32", **_POINTERS, **_INTS, "eps": "fp32", "out_stride": "i32",
+                "F": "constexpr", "BLOCK": "constexpr", "NEED_POSITIONS": "constexpr"}
+    sdf = {"x_ptr": "*fp32", "table_ptr": f"*{table}", "w_in_ptr": "*fp32", "b_in_ptr": "*fp32",
+           "w_out_ptr": "*fp32", "b_out": "fp32", "out_ptr": "*fp32", **_POINTERS, **_INTS, "active": "i32",
+           "F": "constexpr", "HIDDEN": "constexpr", "BLOCK": "constexpr"}
+    return {"_encode_forward": (_encode_forward, forward), "_encode_backward": (_encode_backward, backward),
+            "_sdf_value": (_sdf_value, sdf)}
+
+
+def self_check(device, features, sdf_hidden=None, half_table=False):
+    """Compile and run the kernels a job on `device` will launch, once, on a tiny grid, against the torch
+    reference: forward (1 and 7 taps), backward with and without position gradients and, given a
+    one-hidden-layer SDF width, the fused SDF value. Raises (RuntimeError naming the kernel, or
+    whatever compiling raised) when one fails or disagrees; returns None when all agree."""
+    from .encoding import HashGrid, HashGridConfig
+    cfg = HashGridConfig(levels=3, features=features, log2_table=6, base_resolution=2, finest_resolution=9)
+    generator = torch.Generator().manual_seed(0)
+    reference = HashGrid(cfg).to(device)
+    values = torch.randn(reference.table.shape, generator=generator)
+    reference.table.data.copy_(values.half().float() if half_table else values)
+    fused = HashGrid(cfg).to(device)
+    fused.table.data.copy_(reference.table.data)
+    fused.set_backend("triton", half_table=half_table)
+    u = torch.rand(300, 3, generator=generator).to(device)  # more than one block of points
+
+    def agree(kernel, got, want):
+        got, want = got.detach(), want.detach()
+        scale = float(want.abs().max().clamp_min(1e-6))
+        error = float((got.float() - want.float()).abs().max()) / scale
+        if not error < 1e-3:
+            raise RuntimeError(f"Triton kernel {kernel} disagrees with the torch reference (relative error {error:.3g})")
+
+    for need_positions in (False, True):
+        u_ref, u_fused = u.clone().requires_grad_(need_positions), u.clone().requires_grad_(need_positions)
+        out_ref, out_fused = reference.encode_taps(u_ref, 0.01), fused.encode_taps(u_fused, 0.01)
+        agree("_encode_forward (7 taps)", out_fused, out_ref)
+        weights = torch.randn(out_ref.shape, generator=generator).to(device)
+        (out_ref * weights).sum().backward()
+        (out_fused * weights).sum().backward()
+        agree("_encode_backward (table)", fused.table.grad, reference.table.grad)
+        if need_positions:
+            agree("_encode_backward (positions)", u_fused.grad, u_ref.grad)
+        reference.table.grad = fused.table.grad = None
+    with torch.no_grad():
+        agree("_encode_forward", fused(u), reference(u))
+        if sdf_hidden and sdf_hidden & (sdf_hidden - 1) == 0:
+            first = torch.nn.Linear(3 + reference.output_dim, sdf_hidden).to(device)
+            last = torch.nn.Linear(sdf_hidden, 2).to(device)
+            x = u * 2.0 - 1.0
+            hidden = torch.nn.functional.softplus(first(torch.cat([x, reference(u)], -1)), beta=100.0)
+            agree("_sdf_value", sdf_values(x, fused._triton_lookup(), fused.triton_layout(), cfg.levels, first, last),
+                  last(hidden)[:, 0])

@@ -161,3 +161,55 @@ def test_cli_backend_flag(tmp_path, monkeypatch):
     started = events[0]
     assert started["backend"] == "torch" and started["half_table"] is False
     assert started["config"]["backend"] == "torch"
+
+
+def test_kernels_that_fail_their_start_up_check_give_way_to_torch(monkeypatch):
+    """On a GPU the chosen Triton kernels run once before training; a failure (a compiler error, a
+    wrong result) becomes a warning and the torch backend, not a job that dies at its first step."""
+    pytest.importorskip("triton")
+    from engine import hashgrid_triton
+    monkeypatch.setitem(sys.modules, "tinycudann", None)
+    backends._triton_problem.cache_clear()
+    checked = []
+
+    def broken(device, features, sdf_hidden=None, half_table=False):
+        checked.append((device, features, sdf_hidden, half_table))
+        raise ValueError("cx is already defined. constexpr cannot be reassigned.\nmore")
+
+    monkeypatch.setattr(hashgrid_triton, "self_check", broken)
+    warnings = []
+    encoding = preset("fast").encoding
+    try:
+        assert backends.checked_backend("auto", "cuda", encoding, 64, warnings.append) == ("torch", False)
+        assert checked == [("cuda", 2, 64, True)]
+        assert len(warnings) == 1 and "triton kernels failed their start-up check" in warnings[0]
+        assert "ValueError: cx is already defined" in warnings[0] and "more" not in warnings[0]
+        # Checked once per process and variant: the trainer asks again when it builds the model.
+        assert backends.checked_backend("triton", "cuda", encoding, 64, warnings.append) == ("torch", False)
+        assert len(checked) == 1 and len(warnings) == 2
+        monkeypatch.setattr(hashgrid_triton, "self_check", lambda *args: None)
+        backends._triton_problem.cache_clear()
+        assert backends.checked_backend("auto", "cuda", encoding, 64, warnings.append) == ("triton", True)
+        assert len(warnings) == 2
+        # Nothing is checked off the GPU: torch is the reference, interpreted Triton a test tool.
+        assert backends.kernel_problem("triton", "cpu") is None and backends.kernel_problem("torch", "cuda") is None
+    finally:
+        backends._triton_problem.cache_clear()
+
+
+def test_the_doctor_lists_only_backends_whose_kernels_pass(monkeypatch):
+    pytest.importorskip("triton")
+    from engine import doctor
+    monkeypatch.setitem(sys.modules, "tinycudann", None)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda index=0: "Stand-in GPU")
+    monkeypatch.setattr(torch.cuda, "get_device_properties",
+                        lambda index=0: types.SimpleNamespace(total_memory=80 * 2 ** 30))
+    monkeypatch.setattr(backends, "_triton_problem", lambda *args: "CompilationError: at 32:8")
+    report = doctor.diagnose()
+    assert report["backends"] == ["torch"] and report["backend"] == "torch"
+    assert report["unusable_backends"] == {"triton": "CompilationError: at 32:8"}
+    assert "triton unusable here: CompilationError" in report["message"]
+    monkeypatch.setattr(backends, "_triton_problem", lambda *args: None)
+    report = doctor.diagnose()
+    assert report["backends"] == ["triton", "torch"] and report["unusable_backends"] == {}

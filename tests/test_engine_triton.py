@@ -4,6 +4,7 @@ On a machine without a GPU the kernels run under Triton's interpreter on CPU ten
 TRITON_INTERPRET=1), so CI checks the very kernels a GPU runs; with a GPU they run on it.
 """
 import io
+import json
 import math
 
 import pytest
@@ -210,3 +211,41 @@ def test_fused_sdf_values_match_the_network(active):
     assert torch.equal(reference.value(x), expected)  # the torch backend's value is the network's output 0
     with torch.enable_grad():  # under autograd the fused kernel is not used: gradients still flow
         assert fused.value(x).requires_grad
+
+
+# -- the start-up check and the launches it makes ------------------------------------------------------
+
+@pytest.mark.parametrize("half_table", [False, True])
+@pytest.mark.parametrize("features,hidden", [(2, 64), (8, 256)])
+def test_the_start_up_check_runs_every_launch_the_engine_makes(monkeypatch, features, hidden, half_table):
+    """self_check (run before training on a GPU) launches exactly the variants engine.triton_aot
+    compiles ahead of time for this configuration, and they agree with torch."""
+    from engine import hashgrid_triton, triton_aot
+    launched = set()
+
+    class Recorder:
+        def __init__(self, name, kernel):
+            self.name, self.kernel = name, kernel
+
+        def __getitem__(self, grid):
+            def launch(*args, **constexprs):
+                table = {torch.float32: "fp32", torch.float16: "fp16"}[args[1].dtype]
+                launched.add(json.dumps([self.name, table, constexprs], sort_keys=True))
+                return self.kernel[grid](*args, **constexprs)
+            return launch
+
+    for name in ("_encode_forward", "_encode_backward", "_sdf_value"):
+        monkeypatch.setattr(hashgrid_triton, name, Recorder(name, getattr(hashgrid_triton, name)))
+    hashgrid_triton.self_check(DEVICE, features, hidden, half_table)
+    table = "fp16" if half_table else "fp32"
+    expected = {json.dumps(launch, sort_keys=True) for launch in triton_aot.launches(features, hidden)
+                if launch[1] == table}
+    assert launched == expected
+
+
+def test_the_start_up_check_catches_a_wrong_kernel(monkeypatch):
+    from engine import hashgrid_triton
+    real = hashgrid_triton.sdf_values
+    monkeypatch.setattr(hashgrid_triton, "sdf_values", lambda *args: real(*args) + 0.1)
+    with pytest.raises(RuntimeError, match="_sdf_value disagrees"):
+        hashgrid_triton.self_check(DEVICE, 2, 64)
