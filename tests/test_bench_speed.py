@@ -216,3 +216,22 @@ def test_the_module_runs_without_torch_at_import_and_writes_its_json(tmp_path):
         assert "encoding triton" in result["skipped"]
     assert [r["part"] for r in result["rows"]] == ["encoding", "taps"]
     assert result["rows"] == speed_bench.build_rows(result)
+
+
+def test_compile_rows_summarise_each_architecture_and_kernel():
+    import build
+    results = [
+        {"capability": 90, "kernel": "_sdf_value", "table": "fp32", "constexprs": {"F": 2}, "ok": True,
+         "cubin_bytes": 2048, "seconds": 0.5},
+        {"capability": 90, "kernel": "_sdf_value", "table": "fp16", "constexprs": {"F": 8}, "ok": True,
+         "cubin_bytes": 4096, "seconds": 1.5},
+        {"capability": 80, "kernel": "_sdf_value", "table": "fp32", "constexprs": {"F": 2}, "ok": False,
+         "error": "CompilationError: cx is already defined", "seconds": 0.25},
+    ]
+    rows = build.compile_rows(results, {"cpu": "CPU", "cores": 2}, date="2026-12-02")
+    assert [(r["target"], r["launches"]) for r in rows] == [("sm_80", "0 of 1"), ("sm_90", "2 of 2")]
+    sm90 = rows[1]
+    assert (sm90["cold s max"], sm90["cold s total"], sm90["cubin KB max"]) == ("1.50", "2.0", "4")
+    assert '{"F": 8} fp16' in sm90["notes"]
+    assert rows[0]["cubin KB max"] == "" and "cx is already defined" in rows[0]["notes"]
+    assert set(rows[0]) == set(build.BENCHMARKS["compile"]["columns"])
