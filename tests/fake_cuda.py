@@ -21,6 +21,7 @@ stand-in. What this cannot check: kernels and numerics of real CUDA (TF32, atomi
 memory, speed, and CUDA-only operators.
 """
 import contextlib
+import time
 import types
 import weakref
 
@@ -213,6 +214,22 @@ def _load(original):
     return load
 
 
+class _Event:
+    """torch.cuda.Event with timing: the host's clock (the stand-in runs synchronously)."""
+
+    def __init__(self, enable_timing=False, **kwargs):
+        self.time = None
+
+    def record(self, stream=None):
+        self.time = time.perf_counter()
+
+    def synchronize(self):
+        pass
+
+    def elapsed_time(self, end):
+        return (end.time - self.time) * 1000.0
+
+
 def _save(original):
     # A GPU's checkpoint holds CUDA tensors that load anywhere with map_location; the stand-ins are
     # saved as the CPU tensors they hold.
@@ -249,6 +266,8 @@ def fake_cuda(monkeypatch=None):
         (torch.cuda, "memory_allocated"): lambda device=None: 0,
         (torch.cuda, "reset_peak_memory_stats"): lambda device=None: None,
         (torch.cuda, "manual_seed"): lambda seed: None,
+        (torch.cuda, "Event"): _Event,
+        (torch.cuda, "mem_get_info"): lambda device=None: (64 * 2 ** 30, properties.total_memory),
         (torch.cuda, "manual_seed_all"): lambda seed: None,
         (torch, "load"): _load(torch.load),
         (torch, "save"): _save(torch.save),
@@ -280,12 +299,16 @@ def fake_cuda(monkeypatch=None):
 
 
 def main(argv):
-    """`python tests/fake_cuda.py ENGINE-ARGS...`: the engine's command line with "cuda" the stand-in (in
-    its own process: a CPU-only torch aborts the whole process, not just the test, if some path still
-    reaches a real CUDA call)."""
-    from engine.cli import main as engine_main
+    """`python tests/fake_cuda.py [--speed-bench] ARGS...`: the engine's command line (or, with
+    --speed-bench, demo.speed_bench's) with "cuda" the stand-in, in its own process: a CPU-only torch
+    aborts the whole process, not just the test, if some path still reaches a real CUDA call."""
+    if argv[:1] == ["--speed-bench"]:
+        from demo.speed_bench import main as run
+        argv = argv[1:]
+    else:
+        from engine.cli import main as run
     with fake_cuda():
-        return engine_main(argv)
+        return run(argv)
 
 
 if __name__ == "__main__":

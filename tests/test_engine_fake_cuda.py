@@ -155,3 +155,19 @@ def test_a_dynamic_sequence_trains_on_cuda(tmp_path):
     assert [e["frame"] for e in meshes] == [0, 1, 2]
     with open(os.path.join(job, protocol.MESHES_DIR, "sequence.json")) as f:
         assert [entry["frame"] for entry in json.load(f)["frames"]] == [0, 1, 2]
+
+
+def test_the_speed_benchmark_times_the_encoding_on_cuda(tmp_path):
+    """bench speed's in-process part (CUDA events, synchronisation, free memory, the copy bandwidth)
+    runs on CUDA, so a GPU machine's first run spends its time measuring, not failing."""
+    out = str(tmp_path / "speed.json")
+    code, _, err = run_on_fake_cuda(["--speed-bench", "--parts", "encoding", "--device", "cuda", "--backends",
+                                     "torch", "--points", "10", "--budget-s", "0.05", "--copy-mib", "8",
+                                     "--json", out])
+    assert code == 0, err[-4000:]
+    with open(out) as f:
+        result = json.load(f)
+    assert result["machine"]["device"] == "cuda" and not result["failed"]
+    measured = {(row["part"], row["backend"]) for row in result["encoding"]}
+    assert measured == {("encoding", "torch"), ("taps", "torch")}, result["encoding"]
+    assert all(row["seconds"] > 0 and row["reps"] >= 3 for row in result["encoding"])
