@@ -65,7 +65,10 @@ def compile_launch(kernel, table, constexprs, capability):
 
     from .hashgrid_triton import kernel_signatures
     fn, signature = kernel_signatures(table)[kernel]
-    source = ASTSource(fn=fn, signature=signature, constexprs=dict(constexprs))
+    # As Triton's JIT specialises a launch on torch's allocations: every pointer 16-byte aligned.
+    aligned = {(index,): [["tt.divisibility", 16]] for index, kind in enumerate(signature.values())
+               if kind.startswith("*")}
+    source = ASTSource(fn=fn, signature=signature, constexprs=dict(constexprs), attrs=aligned)
     return triton.compile(source, target=GPUTarget("cuda", int(capability), 32))
 
 
