@@ -89,7 +89,8 @@ class DynamicConfig:
     frame_lr_factor: float = 0.3       # later frames' learning rate starts at this fraction of train.lr ...
                                        # ... and decays to train.final_lr_factor by the frame's end
     predict_transform: bool = True     # global transformation prediction (off: the network absorbs the motion)
-    prediction_iterations: int = 100   # optimiser steps of the rigid transform per frame
+    prediction_iterations: int = 100   # most optimiser steps of the rigid transform per frame (it stops
+                                       # earlier once converged)
     prediction_lr: float = 1e-2        # Adam on the axis-angle rotation (radians) and translation (region radii)
     prediction_mask_weight: float = 1.0  # silhouette term of the prediction loss (colour: 1)
     frames: str = ""                   # "A:B" (inclusive, either end may be left out), "A", or "": all frames
@@ -205,7 +206,7 @@ def preset(name):
             render=RenderConfig(samples_per_ray=128, occupancy_resolution=64, early_stop=1e-3),
             train=TrainConfig(iterations=1000, rays_per_batch=512, start_levels=4, level_every=50),
             mesh=MeshConfig(resolution=256),
-            dynamic=DynamicConfig(frame_iterations=300, prediction_iterations=100))
+            dynamic=DynamicConfig(frame_iterations=300, prediction_iterations=200))
     raise InputError(f"unknown preset {name!r}: choose cpu, fast or quality")
 
 

@@ -9,7 +9,7 @@ import numpy as np
 import torch
 
 from . import protocol
-from .backends import half_table_enabled, resolve_backend
+from .backends import checked_backend
 from .config import Config, InputError
 from .data import Normalization, RayDataset, carve
 from .rig import RigError
@@ -120,8 +120,8 @@ class Trainer:
                      f"region: centre {np.round(n.center, 4).tolist()}, radius {n.radius:.4g}")
         use_background = self.cfg.render.background_model == "auto" and not self.data.has_masks
         self.model = SDFModel(self.cfg, background=use_background).to(self.device)
-        self.backend = resolve_backend(self.cfg.backend, self.device, self.cfg.encoding.features)
-        half_table = half_table_enabled(self.cfg.encoding.half_table, self.backend, self.device)
+        self.backend, half_table = checked_backend(self.cfg.backend, self.device, self.cfg.encoding,
+                                                   self.cfg.network.sdf_hidden, self.out.warn)
         self.model.sdf.grid.set_backend(self.backend, half_table=half_table)
         self.out.log(f"hash encoding: {self.backend} backend" + (", float16 table lookups" if half_table else ""))
         self.amp_dtype = mixed_precision_dtype(self.cfg.train.mixed_precision, self.device)

@@ -173,8 +173,10 @@ class _MoveToCuda(TorchFunctionMode):
         elif func is torch.tensor or func is torch.as_tensor:
             device = kwargs.get("device")
             if device is not None and torch.device(device).type == "cuda":
-                made = func(*args, **dict(kwargs, device="cpu"))
-                return made if isinstance(made, CudaTensor) else torch.ops.aten._to_copy.default(made, device=CUDA)
+                grad = bool(kwargs.get("requires_grad", False))  # a leaf, as on a GPU
+                made = func(*args, **dict(kwargs, device="cpu", requires_grad=False))
+                moved = made if isinstance(made, CudaTensor) else torch.ops.aten._to_copy.default(made, device=CUDA)
+                return moved.requires_grad_(True) if grad else moved
         return func(*args, **kwargs)
 
 

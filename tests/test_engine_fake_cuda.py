@@ -96,6 +96,8 @@ def test_the_stand_in_fails_where_a_gpu_fails():
             assert layer(x).dtype == torch.bfloat16
         layer(x).sum().backward()
         assert layer.weight.grad.device.type == "cuda"
+        leaf = torch.tensor([1.0, 2.0], device="cuda", requires_grad=True)  # a leaf, as on a GPU
+        assert leaf.is_leaf and leaf.requires_grad
     assert not torch.cuda.is_available() or torch.version.cuda  # patched only inside
 
 
