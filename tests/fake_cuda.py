@@ -174,7 +174,7 @@ class _MoveToCuda(TorchFunctionMode):
             device = kwargs.get("device")
             if device is not None and torch.device(device).type == "cuda":
                 grad = bool(kwargs.get("requires_grad", False))  # a leaf, as on a GPU
-                made = func(*args, **dict(kwargs, device="cpu", requires_grad=False))
+                made = func(*args, **{**{k: v for k, v in kwargs.items() if k != "requires_grad"}, "device": "cpu"})
                 moved = made if isinstance(made, CudaTensor) else torch.ops.aten._to_copy.default(made, device=CUDA)
                 return moved.requires_grad_(True) if grad else moved
         return func(*args, **kwargs)
