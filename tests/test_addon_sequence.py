@@ -302,9 +302,9 @@ def uv_sphere(rings, segments, radius=1.0):
     return vertices, np.concatenate([top, band, bottom])
 
 
-def test_sequence_import_is_fast(marble, tmp_path):
-    """60 frames of 5k-vertex meshes: well within seconds (not a benchmark, a guard against per-vertex
-    or per-frame slowness)."""
+def test_a_long_sequence_imports(marble, tmp_path):
+    """60 frames of 5k-vertex meshes (the time is printed; `python3 build.py bench sequence` measures
+    300 frames of 50k vertices; no test asserts a time)."""
     frames = list(range(1, 61))
     base = uv_sphere(50, 100)
     assert len(base[0]) == 4902
@@ -312,7 +312,7 @@ def test_sequence_import_is_fast(marble, tmp_path):
     started = time.perf_counter()
     assert bpy.ops.marble.import_sequence(filepath=path) == {'FINISHED'}
     elapsed = time.perf_counter() - started
-    assert elapsed < 20.0, f"{elapsed:.1f} s"
+    print(f"60 frames of {len(base[0])} vertices imported in {elapsed:.1f} s")
     collection = bpy.data.collections["perf"]
     assert len(collection.objects) == 60
     for f in (1, 30, 60):
