@@ -197,7 +197,8 @@ class Trainer:
 
     def load_checkpoint(self, path):
         """Restore the training state; returns the checkpoint's dict (for checkpoint_extra's fields)."""
-        state = torch.load(path, map_location=self.device, weights_only=False)
+        # Checkpoints hold tensors, numbers, strings and lists only: nothing in a shared job folder may run code.
+        state = torch.load(path, map_location=self.device, weights_only=True)
         # torch and triton share one table layout; tiny-cuda-nn keeps its own parameters.
         written_by = state.get("backend", "torch")
         if (written_by == "tcnn") != (self.backend == "tcnn"):
