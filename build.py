@@ -341,7 +341,7 @@ def build_extension(dist_dir=None, source_root=REPO):
         raise BuildError(f"Blender's build command did not write {path}")
     with zipfile.ZipFile(path) as archive:
         names = set(archive.namelist())
-    for needed in ("blender_manifest.toml", "__init__.py", "engine/protocol.py", BUILD_INFO_FILE):
+    for needed in ("blender_manifest.toml", "__init__.py", "engine/io/protocol.py", BUILD_INFO_FILE):
         if needed not in names:
             raise BuildError(f"{path} lacks {needed}")
     return path
@@ -426,7 +426,7 @@ repo, folder, count, repeats = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(s
 sys.path.insert(0, repo)
 import struct, zlib
 import numpy as np
-from engine.rig import Rig, View, load_rig, write_colmap_text, write_transforms
+from engine.io.rig import Rig, View, load_rig, write_colmap_text, write_transforms
 
 def png(path, size=8):
     rows = np.full((size, 1 + 3 * size), 128, dtype=np.uint8)
@@ -1055,7 +1055,7 @@ def bench_speed(options):
 
 
 def compile_rows(results, machine, date=None):
-    """One row per GPU architecture and kernel from `python -m engine.triton_aot`'s JSON lines."""
+    """One row per GPU architecture and kernel from `python -m engine.nn.triton_aot`'s JSON lines."""
     rows = []
     for capability in sorted({r["capability"] for r in results}):
         for kernel in sorted({r["kernel"] for r in results}):
@@ -1084,11 +1084,11 @@ def bench_compile(options):
     needed): seconds and code size."""
     python = ensure_setup(quiet=True)
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-    proc = subprocess.run([python, "-m", "engine.triton_aot"], cwd=REPO, env=env, capture_output=True, text=True,
+    proc = subprocess.run([python, "-m", "engine.nn.triton_aot"], cwd=REPO, env=env, capture_output=True, text=True,
                           stdin=subprocess.DEVNULL)
     results = [json.loads(line) for line in proc.stdout.splitlines() if line.startswith("{")]
     if not results:
-        raise BuildError(f"engine.triton_aot compiled nothing (exit {proc.returncode}):\n{proc.stderr[-2000:]}")
+        raise BuildError(f"engine.nn.triton_aot compiled nothing (exit {proc.returncode}):\n{proc.stderr[-2000:]}")
     options.failed.extend(f"{r['kernel']} sm_{r['capability']}" for r in results if not r["ok"])
     return compile_rows(results, machine_info())
 
@@ -1113,7 +1113,7 @@ BENCHMARKS = {
                   "extension into a sandboxed Blender (the bpy module) and times `marble.import_rig` on "
                   "an empty scene: cameras, custom properties, the region estimate and the scene settings, "
                   "without and with each photograph as its camera's background image (`+ images`). "
-                  "`read s` is engine.rig.load_rig alone (parsing and reading each image's header), "
+                  "`read s` is engine.io.rig.load_rig alone (parsing and reading each image's header), "
                   "included in the import times. Median of 3 runs; the target is under 5 s."),
         "columns": ["date", "cpu", "cores", "blender", "cameras", "transforms s", "transforms + images s",
                     "colmap s", "colmap + images s", "read transforms s", "read colmap s"],
@@ -1255,7 +1255,7 @@ BENCHMARKS = {
     "compile": {
         "run": bench_compile,
         "title": "compile: the Triton kernels built for each NVIDIA architecture",
-        "about": ("`python -m engine.triton_aot` (what tests/test_engine_triton_compile.py runs): every launch "
+        "about": ("`python -m engine.nn.triton_aot` (what tests/test_engine_triton_compile.py runs): every launch "
                   "the engine makes (each preset's features per level and SDF network, features 1/2/4/8 for "
                   "the encoding kernels, float32 and float16 tables, position gradients on and off) compiled "
                   "ahead of time with Triton's own compiler and ptxas, no GPU needed, each in an empty Triton "

@@ -19,7 +19,7 @@ import re
 import bpy
 import numpy as np
 
-from ..engine import rig as rigs
+from ..engine.io import rig as rigs
 from . import region as regions
 from . import scene as builders
 
@@ -244,7 +244,7 @@ class RigExporter:
         return rigs.Rig(name=name, path=self.path, views=list(self.views), normalization=normalization)
 
     def finish(self):
-        """Write transforms.json (atomically: engine.rig writes a temporary file and renames it)."""
+        """Write transforms.json (atomically: engine.io.rig writes a temporary file and renames it)."""
         self._restore()
         if not self.finished:
             raise ExportError("the export is not finished")
@@ -253,7 +253,7 @@ class RigExporter:
             rigs.write_transforms(rig, self.path)
         except OSError as exc:
             raise ExportError(f"Cannot write {self.path}: {exc.strerror or exc}") from None
-        except ValueError as exc:  # engine.rig.RigError: a view or the normalisation it refuses
+        except ValueError as exc:  # engine.io.rig.RigError: a view or the normalisation it refuses
             raise ExportError(str(exc)) from None
         return rig
 

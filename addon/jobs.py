@@ -23,7 +23,7 @@ import traceback
 
 import bpy
 
-from ..engine import protocol
+from ..engine.io import protocol
 from . import ROOT, preferences
 from . import region as regions
 from . import scene as builders

@@ -15,8 +15,8 @@ import bpy
 import numpy as np
 from mathutils import Matrix
 
-from ..engine.plyio import PlyError as MeshError, read_ply
-from ..engine.rig import OPENGL_TO_OPENCV
+from ..engine.io.ply import PlyError as MeshError, read_ply
+from ..engine.io.rig import OPENGL_TO_OPENCV
 from . import region as regions
 
 SENSOR_WIDTH = 36.0              # mm; any value works, the lens follows from it

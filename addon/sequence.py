@@ -40,7 +40,7 @@ import bpy
 import numpy as np
 from mathutils import Matrix
 
-from ..engine.plyio import PlyError, read_ply
+from ..engine.io.ply import PlyError, read_ply
 from . import scene as builders
 
 SEQUENCE_FILE = "sequence.json"

@@ -20,8 +20,8 @@ if REPO not in sys.path:
     sys.path.insert(0, REPO)
 
 from demo.meshes import surface_metrics  # noqa: E402
-from engine.motion import rotation_error_deg  # noqa: E402
-from engine.plyio import read_triangles, write_ply  # noqa: E402
+from engine.train.motion import rotation_error_deg  # noqa: E402
+from engine.io.ply import read_triangles, write_ply  # noqa: E402
 
 
 def sequence_metrics(sequence_path, dataset, samples=20000):

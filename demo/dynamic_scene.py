@@ -10,7 +10,7 @@ global rigid transform prediction). It writes
     OUT_DIR/images/000003/cam_07.png   RGBA, alpha = the object's mask (Cycles, as demo.scene renders)
     OUT_DIR/transforms.json            instant-ngp, one entry per (frame, camera) with integer `frame`
                                        and `camera` (the camera's name), shared fl_x fl_y cx cy w h;
-                                       written by engine.rig.write_transforms, so load_rig reads it
+                                       written by engine.io.rig.write_transforms, so load_rig reads it
                                        back as a dynamic rig
     OUT_DIR/truth/frame_000003.ply     the true surface of each frame in world coordinates (triangles)
     OUT_DIR/truth/motion.json          per frame: world_from_object (4x4, row-major),
@@ -56,9 +56,9 @@ if REPO not in sys.path:
     sys.path.insert(0, REPO)
 
 from demo import scene as demo_scene  # noqa: E402
-from engine.plyio import write_ply  # noqa: E402
-from engine.protocol import write_json  # noqa: E402
-from engine.rig import OPENGL_TO_OPENCV, Rig, View, write_transforms  # noqa: E402
+from engine.io.ply import write_ply  # noqa: E402
+from engine.io.protocol import write_json  # noqa: E402
+from engine.io.rig import OPENGL_TO_OPENCV, Rig, View, write_transforms  # noqa: E402
 
 FRAMES = 10
 CAMERAS = 20

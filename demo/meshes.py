@@ -59,7 +59,7 @@ def surface_metrics(pred_path, truth_path, samples=20000):
     """Chamfer (fraction of the true bounding-box diagonal) and F-scores at 0.5% and 1% between the
     meshes in two PLY files, with engine.metrics."""
     from engine.metrics import chamfer, fscore
-    from engine.plyio import read_triangles
+    from engine.io.ply import read_triangles
 
     pred_v, pred_f, _ = read_triangles(pred_path)
     true_v, true_f, _ = read_triangles(truth_path)
@@ -103,7 +103,7 @@ def framing(vertices, direction=SNAPSHOT_DIRECTION, up=(0.0, 0.0, 1.0), lens=SNA
 def rig_direction(dataset):
     """(direction, up) of a dataset's cameras: their mean direction from the point they look at, and
     their mean up (OpenCV's -y)."""
-    from engine.rig import load_rig
+    from engine.io.rig import load_rig
 
     rig = load_rig(dataset)
     centres = np.array([v.c2w[:3, 3] for v in rig.views])
@@ -126,7 +126,7 @@ def render_snapshot(mesh_file, png_path, size=512, samples=32, direction=SNAPSHO
     The Blender data it creates is removed again; returns the seconds it took."""
     import bpy
     from demo.scene import _matrix, _quiet_stdout, render_still, uniform_world
-    from engine.plyio import read_triangles
+    from engine.io.ply import read_triangles
 
     started = time.perf_counter()
     vertices, faces, colours = read_triangles(mesh_file)

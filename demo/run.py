@@ -241,7 +241,7 @@ def progress_line(state, elapsed):
 
 def started_event(job_dir):
     """The engine's `started` event (device, backend, config) from the job's events.jsonl, or {}."""
-    from engine import protocol
+    from engine.io import protocol
     path = os.path.join(job_dir, protocol.EVENTS_FILE)
     try:
         events = protocol.read_events(path)

@@ -6,7 +6,7 @@ Runs under the bpy module (Blender as a Python module, no window), with build.py
     python -m demo.scene OUT_DIR --mesh MESH.obj [--views 64] [--size 200] [--samples 16] [--diagonal 1.7]
 
 writes OUT_DIR/images/NNN.png (RGBA; alpha is the object mask), OUT_DIR/transforms.json (through
-engine.rig.write_transforms, so the engine reads exactly what Blender rendered) and OUT_DIR/truth.ply
+engine.io.rig.write_transforms, so the engine reads exactly what Blender rendered) and OUT_DIR/truth.ply
 (the true surface in world coordinates: binary little-endian PLY, float x,y,z and a uchar/int face list).
 
 The torus (major radius 0.6, minor radius 0.25, axis +Z) sits at the origin. It carries a procedural
@@ -37,8 +37,8 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if REPO not in sys.path:
     sys.path.insert(0, REPO)
 
-from engine.plyio import write_ply  # noqa: E402
-from engine.rig import OPENGL_TO_OPENCV, Rig, View, write_transforms  # noqa: E402
+from engine.io.ply import write_ply  # noqa: E402
+from engine.io.rig import OPENGL_TO_OPENCV, Rig, View, write_transforms  # noqa: E402
 
 MAJOR_RADIUS = 0.6
 MINOR_RADIUS = 0.25

@@ -24,8 +24,8 @@ if REPO not in sys.path:
 
 import build  # noqa: E402
 from demo.run import install_extension, say  # noqa: E402
-from engine import protocol  # noqa: E402
-from engine.plyio import write_ply  # noqa: E402
+from engine.io import protocol  # noqa: E402
+from engine.io.ply import write_ply  # noqa: E402
 
 
 def torus_grid(vertices):

@@ -11,7 +11,7 @@ Blender, so the same file measures a GPU machine with its own python3:
         [--timeout-s S] [--json OUT]
 
 Parts (default: encoding and train; dtu and dynamic too on CUDA, where they take minutes, not hours):
-- encoding: forward + backward of the `fast` preset's hash grid (engine.encoding.HashGrid) per backend
+- encoding: forward + backward of the `fast` preset's hash grid (engine.nn.encoding.HashGrid) per backend
   at 2^18 and 2^20 uniformly random points, and of its numerical-gradient taps (encode_taps: the point
   and its 6 central-difference neighbours), against the memory floor: the bytes its lookups must move
   (floor_bytes_per_point) over the device's copy bandwidth measured here by a large tensor copy.
@@ -141,10 +141,10 @@ def encoding_backends(device, features, requested=None):
     """(backends to measure, {backend: why skipped}). Interpreted Triton (TRITON_INTERPRET=1 on the
     CPU) is for tests and far too slow to time, so it is never measured."""
     try:
-        from engine import backends
+        from engine.nn import backends
     except ImportError:  # an engine from before backends.py: only the torch reference exists
         order, usable = ("torch",), ["torch"]
-        why = lambda name, device, features: None if name == "torch" else "no engine.backends"  # noqa: E731
+        why = lambda name, device, features: None if name == "torch" else "no engine.nn.backends"  # noqa: E731
     else:
         order, usable, why = backends.ORDER, backends.available_backends(device, features), backends.why_unusable
     # Every known backend by default, so the result says why each one that did not run did not.
@@ -170,7 +170,7 @@ def half_choices(mode, backend, device, setting="auto"):
     if mode in ("on", "off"):
         return [mode == "on"]
     try:
-        from engine.backends import half_table_enabled
+        from engine.nn.backends import half_table_enabled
     except ImportError:
         return [False]
     return [half_table_enabled(setting, backend, device)]
@@ -178,7 +178,7 @@ def half_choices(mode, backend, device, setting="auto"):
 
 def make_grid(cfg, backend, device, half):
     """The hash grid on `device` running `backend` with every level active."""
-    from engine.encoding import HashGrid
+    from engine.nn.encoding import HashGrid
     grid = HashGrid(cfg).to(device)
     grid.set_backend(backend, half_table=half)
     grid.set_active_levels(cfg.levels)
@@ -427,9 +427,9 @@ def steady_rate(events, start, frame=None):
 
 
 def describe_rig(path):
-    """views, frames, cameras and image size of a rig (engine.rig, numpy only); {} when unreadable."""
+    """views, frames, cameras and image size of a rig (engine.io.rig, numpy only); {} when unreadable."""
     try:
-        from engine.rig import load_rig
+        from engine.io.rig import load_rig
         rig = load_rig(path)
     except Exception:
         return {}

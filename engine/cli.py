@@ -9,7 +9,7 @@ import os
 import sys
 import traceback
 
-from . import protocol
+from .io import protocol
 from .events import CancelWatch, Emitter
 
 
@@ -127,9 +127,9 @@ def run_train(args, out):
     import torch  # the engine's heavy imports happen after the job exists, so errors are reported
 
     from .config import InputError
-    from .rig import load_rig
-    from .dynamic import SequenceTrainer, select_frames
-    from .train import Cancelled, Trainer, resolve_device, write_config
+    from .io.rig import load_rig
+    from .train.dynamic import SequenceTrainer, select_frames
+    from .train.trainer import Cancelled, Trainer, resolve_device, write_config
     cfg = resolve_config(args)
     if args.region is not None and not (all(map(math.isfinite, args.region)) and args.region[3] > 0):
         raise InputError(f"--region needs a centre and a positive radius, got {args.region}")
@@ -141,7 +141,7 @@ def run_train(args, out):
     elif cfg.dynamic.frames:
         raise InputError(f"--frames {cfg.dynamic.frames}: {rig.path} is not a dynamic rig (it has one frame)")
     device = resolve_device(cfg.device)
-    from .backends import checked_backend, resolve_backend
+    from .nn.backends import checked_backend, resolve_backend
     resolve_backend(cfg.backend, device, cfg.encoding.features)  # a bad choice fails before the job exists
     os.makedirs(args.out, exist_ok=True)
     out.attach(args.out)
@@ -170,8 +170,8 @@ def run_train(args, out):
 def load_job(job, out):
     """A Trainer restored from a finished (or cancelled) job's last checkpoint."""
     from .config import Config, InputError
-    from .rig import load_rig
-    from .train import Trainer
+    from .io.rig import load_rig
+    from .train.trainer import Trainer
     if not os.path.isfile(os.path.join(job, protocol.CONFIG_FILE)):
         raise InputError(f"{job}: not a job directory (no {protocol.CONFIG_FILE})")
     cfg = Config.from_dict(_read_json(os.path.join(job, protocol.CONFIG_FILE)))
@@ -241,7 +241,7 @@ def main(argv=None):
     bad_input = ()  # the types below once they import: without torch, importing config is what fails
     try:
         from .config import InputError
-        from .rig import RigError
+        from .io.rig import RigError
         bad_input = (RigError, InputError)
         commands = {"train": run_train, "extract": run_extract, "evaluate": run_evaluate,
                     "preset": run_show_preset, "curves": run_curves}

@@ -6,7 +6,7 @@ the job's config.json and sent in the `started` event.
 import dataclasses
 from dataclasses import dataclass, field
 
-from .encoding import HashGridConfig
+from .nn.encoding import HashGridConfig
 
 
 class InputError(ValueError):

@@ -9,7 +9,7 @@ import os
 
 from PIL import Image, ImageDraw, ImageFont
 
-from . import protocol
+from .io import protocol
 
 SIZE = (800, 400)
 LOSS_COLOR = (31, 119, 180)

@@ -11,8 +11,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from .protocol import write_json
-from .rig import RigError, image_size
+from .io.protocol import write_json
+from .io.rig import RigError, image_size
 
 try:
     from PIL import Image

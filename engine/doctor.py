@@ -9,7 +9,7 @@ import json
 import platform
 import sys
 
-from . import protocol
+from .io import protocol
 
 # (module to import, pip name): what the engine cannot train without, and what it can.
 REQUIRED = (("torch", "torch"), ("numpy", "numpy"), ("mcubes", "PyMCubes"), ("PIL", "pillow"))
@@ -55,7 +55,7 @@ def diagnose():
             if "numpy" not in missing:
                 # The encoding backends this Python can run, best first: what `--backend auto` takes.
                 # On a GPU, Triton is listed only when its kernels compile and agree with torch here.
-                from .backends import available_backends, kernel_problem
+                from .nn.backends import available_backends, kernel_problem
                 from .config import preset
                 fast = preset("fast")
                 backends = []

@@ -10,7 +10,7 @@ import os
 import numpy as np
 import torch
 
-from . import protocol
+from .io import protocol
 from .data import camera_rays, downscaled_view, load_image
 
 

@@ -7,7 +7,7 @@ import sys
 import threading
 import time
 
-from . import protocol
+from .io import protocol
 
 
 class Emitter:

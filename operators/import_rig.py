@@ -1,12 +1,12 @@
 # SPDX-License-Identifier: GPL-3.0-or-later
-"""Import a camera rig (any format engine.rig reads, file or folder) as Blender cameras."""
+"""Import a camera rig (any format engine.io.rig reads, file or folder) as Blender cameras."""
 import os
 
 import bpy
 from bpy_extras.io_utils import ImportHelper
 
 from ..addon import scene as builders
-from ..engine import rig as rigs
+from ..engine.io import rig as rigs
 
 FILTER = "*.json;*.npz;*.txt;*.bin"
 

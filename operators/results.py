@@ -5,7 +5,7 @@ import os
 import bpy
 
 from ..addon import jobs
-from ..engine import protocol
+from ..engine.io import protocol
 
 
 class MARBLE_OT_open_job_folder(bpy.types.Operator):

@@ -37,7 +37,7 @@ def _sandbox_environment():
 assert "bpy" not in sys.modules, "bpy was imported before tests/conftest.py could sandbox Blender's folders"
 _sandbox_environment()
 # Without an NVIDIA GPU, Triton's interpreter runs the GPU kernels on CPU tensors, so CI tests them too.
-# (Read when a kernel is defined: it must be set before engine.hashgrid_triton is imported.)
+# (Read when a kernel is defined: it must be set before engine.nn.hashgrid_triton is imported.)
 if shutil.which("nvidia-smi") is None:
     os.environ.setdefault("TRITON_INTERPRET", "1")
 if REPO not in sys.path:
@@ -120,12 +120,12 @@ def marble(marble_package):
 # Small files
 
 def make_rig(folder, cameras, name=None, normalization=None):
-    """Write tiny PNGs and a transforms.json (via engine.rig.write_transforms) into `folder`.
+    """Write tiny PNGs and a transforms.json (via engine.io.rig.write_transforms) into `folder`.
 
     `cameras`: list of dicts with K (3x3), c2w (4x4 OpenCV), width, height and optional image name,
     distortion, camera and frame. Returns the transforms.json path; the rig's name is the folder's name.
     """
-    from engine.rig import Rig, View, write_transforms
+    from engine.io.rig import Rig, View, write_transforms
 
     folder = os.path.join(str(folder), name) if name else str(folder)
     os.makedirs(os.path.join(folder, "images"), exist_ok=True)
@@ -201,8 +201,8 @@ def project_blender(obj, points, scene=None):
 
 
 def write_ply(path, vertices, faces, colors=None):
-    """A PLY exactly as the engine writes it (engine.plyio.write_ply); colours as uint8, default grey."""
-    from engine.plyio import write_ply as engine_write_ply
+    """A PLY exactly as the engine writes it (engine.io.ply.write_ply); colours as uint8, default grey."""
+    from engine.io.ply import write_ply as engine_write_ply
 
     colors = np.full((len(vertices), 3), 200, dtype=np.uint8) if colors is None else np.asarray(colors)
     engine_write_ply(str(path), vertices, faces, colors.astype(np.float64) / 255.0)

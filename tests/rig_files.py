@@ -1,7 +1,7 @@
 """Rig files of every format, written from known cameras, for the rig readers' tests and the add-on's
 exactness tests (`from rig_files import ...`).
 
-Written independently of engine.rig (its own PNG writer, quaternions, projections), so a reader is
+Written independently of engine.io.rig (its own PNG writer, quaternions, projections), so a reader is
 checked against a second implementation of each format rather than against its own writer.
 
 A camera is a dict:
@@ -14,7 +14,7 @@ A camera is a dict:
     frame     optional frame index (dynamic rigs)
     split     optional "train" / "val" / "test" (NeRF synthetic)
 Each writer puts small flat PNGs of the cameras' sizes beside the rig file and returns the path that
-engine.rig.load_rig takes. What a format cannot express raises ValueError (see each docstring):
+engine.io.rig.load_rig takes. What a format cannot express raises ValueError (see each docstring):
 - NeRF synthetic: principal point at the image centre, one focal length per split relative to the
   image size (camera_angle_x; fx != fy only through camera_angle_y), no distortion;
 - instant-ngp / dynamic transforms.json: everything but skew;

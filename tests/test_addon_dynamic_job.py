@@ -2,7 +2,7 @@
 ends with the sequence in place.
 
 A stand-in `engine` (a temporary package the add-on is pointed at, as in tests/test_addon_jobs.py)
-speaks the dynamic event contract over real pipes and writes real PLYs (engine.plyio) and a real
+speaks the dynamic event contract over real pipes and writes real PLYs (engine.io.ply) and a real
 meshes/sequence.json. It trains one frame per "next" line on its stdin, so the test ticks the job
 client between frames and checks the scene after each one; "cancel" stops it with a checkpoint.
 What it does is read from a JSON plan ($MARBLE_FAKE_PLAN)."""
@@ -27,7 +27,7 @@ without a mesh event), drop_at_end (frames taken out of sequence.json before don
 "next" line before each frame), end ("done", or "wait": a last line decides between done and cancel)."""
 import json, os, sys, time
 import numpy as np
-from engine.plyio import write_ply
+from engine.io.ply import write_ply
 
 args = sys.argv[1:]
 if args[:1] == ["doctor"]:

@@ -37,7 +37,7 @@ NORMALIZATION = np.array([[0.0, -1.5, 0.0, 0.2], [1.5, 0.0, 0.0, -0.1], [0.0, 0.
 
 @pytest.mark.parametrize("normalization", [None, NORMALIZATION], ids=["auto-region", "rig-region"])
 def test_round_trip_static(marble, tmp_path, normalization):
-    from engine.rig import load_rig
+    from engine.io.rig import load_rig
 
     cams = _static_cameras()
     path = make_rig(tmp_path, cams, name="statue", normalization=normalization)
@@ -82,7 +82,7 @@ def test_round_trip_static(marble, tmp_path, normalization):
 
 
 def test_moved_region_is_exported_as_normalization(marble, tmp_path):
-    from engine.rig import load_rig
+    from engine.io.rig import load_rig
 
     path = make_rig(tmp_path, ring_cameras(count=4), name="ring")
     bpy.ops.marble.import_rig(filepath=path)
@@ -107,7 +107,7 @@ def test_moved_region_is_exported_as_normalization(marble, tmp_path):
 def test_blender_camera_to_K(marble, tmp_path, fit, size, aspect):
     """Any Blender camera (every sensor fit, portrait, pixel aspect, shift) exports the K under which
     it projects: points through Blender's own camera and through the exported K/c2w agree."""
-    from engine.rig import load_rig
+    from engine.io.rig import load_rig
 
     scene = bpy.context.scene
     render = scene.render
@@ -157,7 +157,7 @@ def test_edited_camera_exports_what_blender_shows(marble, tmp_path):
     obj.location.x += 0.25
     exported = str(tmp_path / "edited.json")
     assert bpy.ops.marble.export_rig(filepath=exported) == {'FINISHED'}
-    from engine.rig import load_rig
+    from engine.io.rig import load_rig
 
     view = [v for v in load_rig(exported).views if v.name == "photo_2"][0]
     assert not np.allclose(view.K, cams[2]["K"])
@@ -227,7 +227,7 @@ def _cube_scene(marble):
 
 
 def test_render_images_export(marble, tmp_path):
-    from engine.rig import load_rig
+    from engine.io.rig import load_rig
     from PIL import Image
 
     scene, cameras = _cube_scene(marble)

@@ -54,7 +54,7 @@ def test_extension_registers(marble):
     assert marble.preferences.default_python() == build.venv_python()
     assert marble.prefs.bl_rna.properties["python"].default == build.venv_python()
     # The engine's contract modules are inside the extension and import from Blender's Python.
-    assert sys.modules[marble.package + ".engine.protocol"].CANCEL_LINE == "cancel"
+    assert sys.modules[marble.package + ".engine.io.protocol"].CANCEL_LINE == "cancel"
 
 
 def test_progress_bar_api_exists(marble):

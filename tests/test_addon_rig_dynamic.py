@@ -36,8 +36,8 @@ def dynamic_cameras():
 
 
 def write_dynamic_rig(folder, cams, normalization=None):
-    """A transforms.json with `camera` and `frame` per entry (engine.rig.write_transforms)."""
-    from engine.rig import Rig, View, write_transforms
+    """A transforms.json with `camera` and `frame` per entry (engine.io.rig.write_transforms)."""
+    from engine.io.rig import Rig, View, write_transforms
 
     os.makedirs(os.path.join(folder, "images"), exist_ok=True)
     views = []
@@ -126,7 +126,7 @@ def _views_by_key(rig):
 
 
 def test_round_trip_dynamic(dynamic_rig, marble, tmp_path):
-    from engine.rig import load_rig
+    from engine.io.rig import load_rig
 
     cams, path = dynamic_rig
     out = tmp_path / "exported"
@@ -164,7 +164,7 @@ def test_round_trip_dynamic(dynamic_rig, marble, tmp_path):
 
 def test_render_dynamic_rig(dynamic_rig, marble, tmp_path):
     """Rendering a dynamic rig: one image per camera and frame, each view posed at its frame."""
-    from engine.rig import load_rig
+    from engine.io.rig import load_rig
 
     scene = bpy.context.scene
     scene.render.engine = 'CYCLES'

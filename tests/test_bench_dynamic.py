@@ -17,7 +17,7 @@ if REPO not in sys.path:
 import build  # noqa: E402
 from demo.dynamic_eval import sequence_metrics  # noqa: E402
 from demo.sequence_bench import torus_grid  # noqa: E402
-from engine.plyio import write_ply  # noqa: E402
+from engine.io.ply import write_ply  # noqa: E402
 
 MACHINE = {"cpu": "Test CPU", "cores": 2, "gpu": None}
 

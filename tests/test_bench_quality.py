@@ -145,7 +145,7 @@ def spot(tmp_path_factory):
 @needs_data
 def test_spot_images_and_rig(spot):
     from PIL import Image
-    from engine.rig import load_rig
+    from engine.io.rig import load_rig
     rig = load_rig(spot["transforms"])
     assert len(rig.views) == 4 and len(spot["images"]) == 4
     for view in rig.views:
@@ -159,7 +159,7 @@ def test_spot_images_and_rig(spot):
 @needs_data
 def test_spot_truth_is_the_scaled_centred_obj(spot):
     from demo import meshes, scene
-    from engine.plyio import read_triangles
+    from engine.io.ply import read_triangles
     obj_vertices, obj_faces = read_obj_positions(meshes.mesh_path("spot"))
     truth_vertices, truth_faces, _ = read_triangles(spot["truth"])
     # Y up in the file, Z up in Blender; bounding box centred at the origin with a diagonal of 1.7.
@@ -179,8 +179,8 @@ def test_spot_truth_is_the_scaled_centred_obj(spot):
 @needs_data
 def test_spot_cameras_see_it(spot):
     from PIL import Image
-    from engine.plyio import read_triangles
-    from engine.rig import load_rig
+    from engine.io.ply import read_triangles
+    from engine.io.rig import load_rig
     vertices, faces, _ = read_triangles(spot["truth"])
     tri = vertices[faces]
     area = np.linalg.norm(np.cross(tri[:, 1] - tri[:, 0], tri[:, 2] - tri[:, 0]), axis=1)
@@ -197,7 +197,7 @@ def test_spot_cameras_see_it(spot):
 @needs_data
 def test_metrics_and_snapshot_of_the_truth(spot, tmp_path):
     from demo import meshes
-    from engine.plyio import read_triangles, write_ply
+    from engine.io.ply import read_triangles, write_ply
     same = meshes.surface_metrics(spot["truth"], spot["truth"], samples=2000)
     assert same["chamfer"] < 1e-6 and same["f_05"] == same["f_1"] == 1.0
     vertices, faces, _ = read_triangles(spot["truth"])

@@ -21,7 +21,7 @@ MACHINE = {"date": "2026-12-01", "cpu": "Test CPU", "cores": 2, "gpu": "Test GPU
 
 
 def small_grid_config():
-    from engine.encoding import HashGridConfig
+    from engine.nn.encoding import HashGridConfig
     return HashGridConfig(levels=3, features=2, log2_table=10, base_resolution=4, finest_resolution=32)
 
 

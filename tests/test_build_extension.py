@@ -31,8 +31,8 @@ def test_zip_contents(built):
     with zipfile.ZipFile(path) as archive:
         names = archive.namelist()
         info = json.loads(archive.read(build.BUILD_INFO_FILE))
-    for needed in ("blender_manifest.toml", "__init__.py", "engine/__init__.py", "engine/protocol.py",
-                   "engine/rig/__init__.py", "addon/__init__.py", "operators/__init__.py", "ui/__init__.py"):
+    for needed in ("blender_manifest.toml", "__init__.py", "engine/__init__.py", "engine/io/protocol.py",
+                   "engine/io/rig/__init__.py", "addon/__init__.py", "operators/__init__.py", "ui/__init__.py"):
         assert needed in names, needed
     # Every engine source file goes in.
     engine_dir = os.path.join(build.REPO, "engine")

@@ -11,9 +11,9 @@ import pytest
 from conftest import REPO, make_rig, ring_cameras
 from test_cli_engine import assert_one_error, read_until, run_engine
 
-from engine import protocol
-from engine.motion import rotation_error_deg
-from engine.plyio import read_triangles
+from engine.io import protocol
+from engine.train.motion import rotation_error_deg
+from engine.io.ply import read_triangles
 
 FRAMES = 3
 # Short budgets: enough to place every frame and follow the motion, not to reach the benchmark's accuracy.

@@ -10,7 +10,7 @@ import time
 import pytest
 from conftest import REPO, make_rig, ring_cameras, write_png
 
-from engine import protocol
+from engine.io import protocol
 
 
 def engine(args, stdin=subprocess.PIPE):
@@ -159,7 +159,7 @@ def test_cancel_saves_a_checkpoint_and_resume_goes_on(tmp_path, tiny_rig, how):
 
 
 def Trainer_latest(job):
-    from engine.train import Trainer
+    from engine.train.trainer import Trainer
     return Trainer.latest_checkpoint(job)
 
 
@@ -208,7 +208,7 @@ def test_region_from_the_command_line_is_used_and_reported(tmp_path, tiny_rig):
         saved = json.load(f)
     assert saved["center"] == [0.1, -0.2, 0.3] and saved["radius"] == 0.75
     # Every vertex lies inside the region's bounding cube (meshes come back in world coordinates).
-    from engine.plyio import read_triangles
+    from engine.io.ply import read_triangles
     vertices, _, _ = read_triangles(events[-1]["outputs"]["mesh"])
     assert (abs(vertices - [0.1, -0.2, 0.3]) <= 0.75 + 1e-4).all()
     assert_one_error(*run_engine(["train", "--data", tiny_rig, "--out", str(tmp_path / "j2"),
@@ -239,7 +239,7 @@ def test_resume_gives_the_result_of_an_uninterrupted_run(tmp_path, tiny_rig):
     """Cancel-free split run: 3 steps, then --resume to 6, against 6 steps in one go. The RNG state
     and optimiser moments are in the checkpoint, so the weights agree up to float summation order."""
     import torch
-    from engine.train import Trainer
+    from engine.train.trainer import Trainer
     common = ["--data", tiny_rig, "--resolution", "16", "--seed", "3"]
     whole, split = str(tmp_path / "whole"), str(tmp_path / "split")
     assert run_engine(["train", "--out", whole, "--iterations", "6"] + common)[0] == 0
@@ -331,7 +331,7 @@ def test_use_masks_off_reads_the_images_as_unmasked(tiny_rig):
 
     from engine.config import Config, preset
     from engine.data import Normalization, RayDataset
-    from engine.rig import load_rig
+    from engine.io.rig import load_rig
     rgb = write_half_masked_images(tiny_rig)
     unit = Normalization(np.zeros(3), 1.0)
     masked = RayDataset(load_rig(tiny_rig), background=0.0, normalization=unit)

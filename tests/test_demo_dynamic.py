@@ -22,8 +22,8 @@ bpy = pytest.importorskip("bpy")
 from PIL import Image  # noqa: E402
 
 from demo import dynamic_scene  # noqa: E402
-from engine.plyio import read_triangles  # noqa: E402
-from engine.rig import load_rig  # noqa: E402
+from engine.io.ply import read_triangles  # noqa: E402
+from engine.io.rig import load_rig  # noqa: E402
 
 FRAMES, CAMERAS, SIZE, SAMPLES = 8, 16, 64, 8
 KINDS = ("scenes", "objects", "meshes", "materials", "cameras", "lights", "worlds")

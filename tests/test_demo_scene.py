@@ -18,8 +18,8 @@ bpy = pytest.importorskip("bpy")
 from PIL import Image  # noqa: E402
 
 from demo import scene as demo_scene  # noqa: E402
-from engine.plyio import read_triangles  # noqa: E402
-from engine.rig import load_rig  # noqa: E402
+from engine.io.ply import read_triangles  # noqa: E402
+from engine.io.rig import load_rig  # noqa: E402
 
 R, r = demo_scene.MAJOR_RADIUS, demo_scene.MINOR_RADIUS
 

@@ -8,8 +8,8 @@ import time
 import pytest
 from conftest import REPO
 
-from engine import protocol
-from engine.plyio import read_triangles
+from engine.io import protocol
+from engine.io.ply import read_triangles
 from engine.metrics import chamfer
 
 # No test asserts a time (a slow moment on a shared CI machine would fail the whole run): the run's

@@ -15,9 +15,9 @@ import torch
 from conftest import make_rig, ring_cameras
 from test_cli_engine import assert_one_error, run_engine
 
-from engine import backends
+from engine.nn import backends
 from engine.config import InputError, preset
-from engine.encoding import HashGrid, HashGridConfig
+from engine.nn.encoding import HashGrid, HashGridConfig
 
 
 class StandInEncoding(torch.nn.Module):
@@ -106,7 +106,7 @@ def test_tcnn_backend_gets_the_preset_grid_and_owns_the_parameters(tinycudann):
 
 
 def test_tcnn_backend_masks_inactive_levels_and_trains(tinycudann):
-    from engine.model import SDFModel
+    from engine.nn.model import SDFModel
     cfg = preset("cpu")
     model = SDFModel(cfg)
     model.sdf.grid.set_backend("tcnn")
@@ -127,8 +127,8 @@ def test_tcnn_backend_masks_inactive_levels_and_trains(tinycudann):
 
 def tiny_trainer(folder, backend):
     from engine.events import Emitter
-    from engine.rig import load_rig
-    from engine.train import Trainer
+    from engine.io.rig import load_rig
+    from engine.train.trainer import Trainer
     cfg = preset("cpu")
     cfg.backend = backend
     rig = load_rig(make_rig(folder, ring_cameras(count=4, width=16, height=12, focal=14.0), name=backend))
@@ -167,7 +167,7 @@ def test_kernels_that_fail_their_start_up_check_give_way_to_torch(monkeypatch):
     """On a GPU the chosen Triton kernels run once before training; a failure (a compiler error, a
     wrong result) becomes a warning and the torch backend, not a job that dies at its first step."""
     pytest.importorskip("triton")
-    from engine import hashgrid_triton
+    from engine.nn import hashgrid_triton
     monkeypatch.setitem(sys.modules, "tinycudann", None)
     backends._triton_problem.cache_clear()
     checked = []

@@ -8,7 +8,7 @@ import numpy as np
 from conftest import REPO
 from PIL import Image
 
-from engine import protocol
+from engine.io import protocol
 from engine.curves import LOSS_COLOR, PSNR_COLOR, SIZE, panel_box, progress_points, write_curves
 
 

@@ -10,12 +10,12 @@ from PIL import Image
 
 from engine.config import InputError, parse_frames, preset
 from engine.data import camera_rays
-from engine.dynamic import SequenceTrainer, select_frames
+from engine.train.dynamic import SequenceTrainer, select_frames
 from engine.events import Emitter
-from engine.motion import (axis_angle_to_matrix, canonical_from_frame, compose, from_canonical,
+from engine.train.motion import (axis_angle_to_matrix, canonical_from_frame, compose, from_canonical,
                            matrix_to_axis_angle, rotation_error_deg, to_canonical, world_from_canonical)
 from engine.render import OccupancyGrid, render_rays
-from engine.rig import Rig, View
+from engine.io.rig import Rig, View
 from rig_files import look_at
 
 

@@ -2,7 +2,7 @@
 import pytest
 import torch
 
-from engine.encoding import HashGrid, HashGridConfig, level_resolutions, reference_encode
+from engine.nn.encoding import HashGrid, HashGridConfig, level_resolutions, reference_encode
 
 
 @pytest.mark.parametrize("cfg", [

@@ -18,7 +18,7 @@ import torch
 from conftest import look_at, make_rig
 from fake_cuda import CudaTensor, DeviceMismatch, fake_cuda
 
-from engine import protocol
+from engine.io import protocol
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DRIVER = os.path.join(REPO, "tests", "fake_cuda.py")

@@ -5,12 +5,12 @@ import numpy as np
 import torch
 
 from engine.config import preset
-from engine.mesh import extract_mesh
+from engine.extract import extract_mesh
 from engine.metrics import chamfer
-from engine.model import SDFModel, central_differences
-from engine.plyio import read_triangles, write_ply
+from engine.nn.model import SDFModel, central_differences
+from engine.io.ply import read_triangles, write_ply
 from engine.render import OccupancyGrid, neus_alpha, render_rays, sphere_chord
-from engine.train import active_levels, curvature_schedule, numerical_step
+from engine.train.trainer import active_levels, curvature_schedule, numerical_step
 
 
 def sphere_sdf(x, center=(0.1, -0.2, 0.05), radius=0.6):
@@ -144,7 +144,7 @@ def test_ply_round_trip_and_chamfer(tmp_path):
 
 
 def test_largest_component_drops_the_small_piece():
-    from engine.mesh import largest_component
+    from engine.extract import largest_component
     big = extract_mesh(lambda p: sphere_sdf(p, (0.0, 0.0, 0.0), 0.5), 32)
     small = extract_mesh(lambda p: sphere_sdf(p, (0.0, 0.0, 0.0), 0.2), 16)
     vertices = np.concatenate([big[0], small[0] + 2.0])
@@ -155,7 +155,7 @@ def test_largest_component_drops_the_small_piece():
 
 def test_downscaled_view_keeps_projections():
     from engine.data import downscaled_view, project
-    from engine.rig import View
+    from engine.io.rig import View
     K = np.array([[300.0, 0, 157.3], [0, 310.0, 101.9], [0, 0, 1]])
     c2w = np.eye(4)
     view = View(image_path="x.png", width=320, height=200, K=K, c2w=c2w)
@@ -168,7 +168,7 @@ def test_downscaled_view_keeps_projections():
 
 
 def test_background_samples_lie_outside_the_sphere_and_recede():
-    from engine.background import inverted_sphere_samples
+    from engine.nn.background import inverted_sphere_samples
     origins = torch.tensor([[0.0, 0.0, -3.0], [0.0, 2.0, -3.0]])
     dirs = torch.tensor([[0.0, 0.0, 1.0], [0.0, 0.0, 1.0]])
     near, far, hit = sphere_chord(origins, dirs)

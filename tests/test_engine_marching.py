@@ -10,13 +10,13 @@ import pytest
 import torch
 from PIL import Image
 
-from engine import protocol
+from engine.io import protocol
 from engine.config import preset
 from engine.events import Emitter
-from engine.model import SDFModel
+from engine.nn.model import SDFModel
 from engine.render import OccupancyGrid, marching_keep, neus_alpha, render_rays, sphere_chord
-from engine.rig import Rig, View
-from engine.train import Trainer
+from engine.io.rig import Rig, View
+from engine.train.trainer import Trainer
 from rig_files import look_at
 
 CENTER, RADIUS = torch.tensor([0.05, -0.1, 0.0]), 0.5

@@ -6,8 +6,8 @@ import pytest
 import torch
 
 from engine.config import InputError, preset
-from engine.model import SDFModel
-from engine.precision import mixed_precision_dtype
+from engine.nn.model import SDFModel
+from engine.nn.precision import mixed_precision_dtype
 from engine.render import OccupancyGrid, hierarchical_samples, render_rays, sample_pdf, sphere_chord
 
 

@@ -12,8 +12,8 @@ import torch
 
 triton = pytest.importorskip("triton", reason="the triton package is not installed (it has Linux wheels only)")
 
-from engine.backends import triton_interpreted  # noqa: E402
-from engine.encoding import HashGrid, HashGridConfig  # noqa: E402
+from engine.nn.backends import triton_interpreted  # noqa: E402
+from engine.nn.encoding import HashGrid, HashGridConfig  # noqa: E402
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 pytestmark = pytest.mark.skipif(DEVICE == "cpu" and not triton_interpreted(),
@@ -125,7 +125,7 @@ def test_half_precision_tables_stay_within_float16_rounding():
 
 def sdf_networks(seed=0):
     from engine.config import preset
-    from engine.model import SDFNetwork
+    from engine.nn.model import SDFNetwork
     cfg = preset("cpu")
     cfg.encoding = HashGridConfig(levels=5, features=2, log2_table=10, base_resolution=4, finest_resolution=48)
     torch.manual_seed(seed)
@@ -170,8 +170,8 @@ def small_trainer(folder, backend):
     from conftest import make_rig, ring_cameras
     from engine.config import preset
     from engine.events import Emitter
-    from engine.rig import load_rig
-    from engine.train import Trainer
+    from engine.io.rig import load_rig
+    from engine.train.trainer import Trainer
     cfg = preset("cpu")
     cfg.device, cfg.backend = DEVICE, backend
     cfg.encoding = HashGridConfig(levels=4, features=2, log2_table=10, base_resolution=4, finest_resolution=32)
@@ -218,9 +218,9 @@ def test_fused_sdf_values_match_the_network(active):
 @pytest.mark.parametrize("half_table", [False, True])
 @pytest.mark.parametrize("features,hidden", [(2, 64), (8, 256)])
 def test_the_start_up_check_runs_every_launch_the_engine_makes(monkeypatch, features, hidden, half_table):
-    """self_check (run before training on a GPU) launches exactly the variants engine.triton_aot
+    """self_check (run before training on a GPU) launches exactly the variants engine.nn.triton_aot
     compiles ahead of time for this configuration, and they agree with torch."""
-    from engine import hashgrid_triton, triton_aot
+    from engine.nn import hashgrid_triton, triton_aot
     launched = set()
 
     class Recorder:
@@ -244,7 +244,7 @@ def test_the_start_up_check_runs_every_launch_the_engine_makes(monkeypatch, feat
 
 
 def test_the_start_up_check_catches_a_wrong_kernel(monkeypatch):
-    from engine import hashgrid_triton
+    from engine.nn import hashgrid_triton
     real = hashgrid_triton.sdf_values
     monkeypatch.setattr(hashgrid_triton, "sdf_values", lambda *args: real(*args) + 0.1)
     with pytest.raises(RuntimeError, match="_sdf_value disagrees"):

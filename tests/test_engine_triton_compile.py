@@ -4,7 +4,7 @@ Triton's interpreter (tests/test_engine_triton.py) checks the kernels' numbers b
 compiler's rules: kernels that every interpreter test passed failed to compile for any GPU. Here every
 launch the engine makes (each preset's features per level and SDF network, float32 and float16
 tables, position gradients on and off) is compiled ahead of time for sm_80, sm_86, sm_89 and sm_90 by
-`python -m engine.triton_aot`, in its own process (it must not run under TRITON_INTERPRET) with a cold
+`python -m engine.nn.triton_aot`, in its own process (it must not run under TRITON_INTERPRET) with a cold
 cache. The launches' list is checked against what the engine really launches.
 """
 import json
@@ -16,7 +16,7 @@ import pytest
 
 pytest.importorskip("triton", reason="the triton package is not installed (it has Linux wheels only)")
 
-from engine import triton_aot  # noqa: E402
+from engine.nn import triton_aot  # noqa: E402
 from engine.config import PRESETS, preset  # noqa: E402
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -29,7 +29,7 @@ MAX_CUBIN_BYTES = 512 * 1024
 @pytest.fixture(scope="module")
 def compiled():
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-    proc = subprocess.run([sys.executable, "-m", "engine.triton_aot"], cwd=REPO, env=env,
+    proc = subprocess.run([sys.executable, "-m", "engine.nn.triton_aot"], cwd=REPO, env=env,
                           capture_output=True, text=True, timeout=1800)
     rows = [json.loads(line) for line in proc.stdout.splitlines() if line.startswith("{")]
     assert rows, f"no kernel was compiled:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"

@@ -8,7 +8,7 @@ import pytest
 from rig_files import (sample_cameras, write_colmap_binary_files, write_colmap_text_files, write_idr_npz,
                        write_instant_ngp, write_nerf_synthetic, write_neus2, write_png)
 
-from engine.rig import RigError, load_rig
+from engine.io.rig import RigError, load_rig
 
 POSE = np.eye(4).tolist()
 

@@ -12,7 +12,7 @@ from rig_files import (EXAMPLE_N2W as N2W, colmap_model_cameras, look_at, nerf_s
                        write_dynamic_transforms, write_idr_npz, write_instant_ngp, write_nerf_synthetic,
                        write_neus2, write_neus2_dynamic, write_png)
 
-from engine.rig import RigError, decompose_projection, load_rig
+from engine.io.rig import RigError, decompose_projection, load_rig
 
 RNG = np.random.default_rng(7)
 POINTS = RNG.uniform(-0.8, 0.8, size=(50, 3))   # near the origin every sample camera looks at

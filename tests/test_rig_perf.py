@@ -1,11 +1,11 @@
-"""A 2,000-camera rig reads completely in engine.rig, in every large format (about 0.1 s each on the
+"""A 2,000-camera rig reads completely in engine.io.rig, in every large format (about 0.1 s each on the
 project's 2-core machine, printed; no test asserts a time: `python3 build.py bench rigs` measures)."""
 import time
 
 import pytest
 from rig_files import sample_cameras, write_colmap_binary_files, write_colmap_text_files, write_instant_ngp
 
-from engine.rig import load_rig
+from engine.io.rig import load_rig
 
 COUNT = 2000
 

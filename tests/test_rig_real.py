@@ -8,7 +8,7 @@ import os
 import numpy as np
 import pytest
 
-from engine.rig import load_rig
+from engine.io.rig import load_rig
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DATA = next((p for p in (os.path.join(os.path.dirname(REPO), "shared", "data"), "/work/shared/data")

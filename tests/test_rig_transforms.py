@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from conftest import look_at, make_rig, write_png
 
-from engine.rig import OPENGL_TO_OPENCV, RigError, load_rig, write_transforms
+from engine.io.rig import OPENGL_TO_OPENCV, RigError, load_rig, write_transforms
 from engine.data import project
 
 

@@ -9,7 +9,7 @@ from rig_files import (EXAMPLE_N2W as N2W, colmap_model_cameras, look_at, nerf_s
                        skewed_cameras, write_colmap_binary_files, write_dynamic_transforms, write_idr_npz,
                        write_instant_ngp, write_nerf_synthetic, write_neus2, write_neus2_dynamic)
 
-from engine.rig import RigError, load_rig, write_colmap_text, write_transforms
+from engine.io.rig import RigError, load_rig, write_colmap_text, write_transforms
 
 
 def dynamic_cameras(distortion=True):

@@ -2,7 +2,7 @@
 
 The first frame trains like a static scene (train.iterations steps). Each later frame starts from the
 previous frame's weights: first its rigid motion relative to the previous frame is predicted with the
-network frozen (global transformation prediction, engine/motion.py), which places the frame's rays in
+network frozen (global transformation prediction, engine/train/motion.py), which places the frame's rays in
 the canonical space the network lives in; then the network trains for dynamic.frame_iterations steps
 to follow what the motion does not explain (deformation). Every frame ends with its mesh,
 JOB/meshes/frame_%06d.ply, and JOB/meshes/sequence.json rewritten to list every finished frame.
@@ -15,13 +15,13 @@ import time
 import numpy as np
 import torch
 
-from . import protocol
-from .config import InputError, parse_frames
-from .data import RayDataset
+from ..io import protocol
+from ..config import InputError, parse_frames
+from ..data import RayDataset
 from .motion import axis_angle_to_matrix, compose, from_canonical, matrix_to_axis_angle, to_canonical, world_from_canonical
-from .plyio import write_ply
-from .render import OccupancyGrid
-from .train import Trainer, active_levels, numerical_step, region_grid
+from ..io.ply import write_ply
+from ..render import OccupancyGrid
+from .trainer import Trainer, active_levels, numerical_step, region_grid
 
 # Global transformation prediction (SequenceTrainer.predict_motion): Adam on the motion, its learning
 # rate warmed up over PREDICTION_WARMUP steps, in windows of PREDICTION_WINDOW steps; the learning rate

@@ -1,6 +1,6 @@
-"""Multi-resolution hash encoding (instant-ngp): one module, three backends (engine.backends).
+"""Multi-resolution hash encoding (instant-ngp): one module, three backends (engine.nn.backends).
 
-`torch` is the reference and runs everywhere; `triton` runs engine/hashgrid_triton.py's fused kernels
+`torch` is the reference and runs everywhere; `triton` runs engine/nn/hashgrid_triton.py's fused kernels
 on the same table (so a checkpoint moves freely between the two); `tcnn` hands the encoding to
 tiny-cuda-nn's HashGrid, which owns its own parameters and lattice alignment.
 
@@ -70,7 +70,7 @@ class HashGrid(torch.nn.Module):
 
     # -- backends ------------------------------------------------------------------------------
     def set_backend(self, name, half_table=False):
-        """Run the encoding with `name` (torch | triton | tcnn; see engine.backends), after the grid
+        """Run the encoding with `name` (torch | triton | tcnn; see engine.nn.backends), after the grid
         is on its device. half_table: Triton reads a float16 copy of the tables (refreshed whenever
         the optimiser changes them). tcnn replaces the table by tiny-cuda-nn's own parameters."""
         if name not in ("torch", "triton", "tcnn"):

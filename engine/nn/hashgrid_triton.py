@@ -1,9 +1,9 @@
-"""Triton kernels for the multi-resolution hash encoding (engine.encoding.HashGrid's `triton` backend).
+"""Triton kernels for the multi-resolution hash encoding (engine.nn.encoding.HashGrid's `triton` backend).
 
 One program encodes a block of points at one level for one tap. With TAPS = 7 the same launch also
 encodes the 6 central-difference taps u +- eps e_axis of every point (Neuralangelo's numerical
 gradient) without materialising the 7N positions: output rows are tap-major, [points; +x; -x; +y; -y;
-+z; -z], as engine.model.central_differences expects.
++z; -z], as engine.nn.model.central_differences expects.
 
 The backward scatters the table gradient with fp32 atomic adds (one per corner, feature and point)
 and, when asked, accumulates the gradient with respect to the positions (a dynamic frame's motion is
@@ -14,7 +14,7 @@ Tables may be read from a float16 copy (`lookup`): the lookups move half the byt
 still exactly trilinear between the (rounded) vertex values, so numerical gradients see no rounding
 noise between taps; gradients and the optimiser stay in float32.
 
-Indices follow engine.encoding exactly: dense levels index (x + s (y + s z)) with s = N_l + 1; hashed
+Indices follow engine.nn.encoding exactly: dense levels index (x + s (y + s z)) with s = N_l + 1; hashed
 levels xor(x * 1, y * 2654435761, z * 805459861) & (T - 1), computed in uint32 (the low bits of the
 int64 product the torch backend computes are the same).
 

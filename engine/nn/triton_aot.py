@@ -2,7 +2,7 @@
 ships in the triton wheel). Triton's interpreter, which the numerical tests use, checks none of the
 compiler's rules; this does, for every launch the engine makes, on every architecture Marble supports.
 
-    python -m engine.triton_aot [--capability 80 86 89 90] [--preset cpu fast quality]
+    python -m engine.nn.triton_aot [--capability 80 86 89 90] [--preset cpu fast quality]
 
 prints one JSON line per launch compiled in a fresh (cold) Triton cache: kernel, table type, constexprs,
 capability, seconds, cubin bytes, or the error. The tests and `build.py bench compile` run it. It must
@@ -27,7 +27,7 @@ def launches(features, sdf_hidden, sdf_layers=1):
     """Every (kernel name, table type, constexprs) a configuration with `features` per level and that SDF
     network can launch: both table types (encoding.half_table on or off), the backward with and without
     position gradients and, when the network is one it serves (one hidden layer of a power-of-two width;
-    engine.model SDFNetwork.value), the fused SDF kernel."""
+    engine.nn.model SDFNetwork.value), the fused SDF kernel."""
     from .hashgrid_triton import BLOCK, sdf_block
     out = []
     for table in ("fp32", "fp16"):
@@ -42,7 +42,7 @@ def launches(features, sdf_hidden, sdf_layers=1):
 def engine_launches(presets=None, extra_features=EXTRA_FEATURES):
     """The distinct launches of the named presets (all by default), plus the encoding kernels for
     `extra_features`, in a stable order."""
-    from .config import PRESETS, preset
+    from ..config import PRESETS, preset
     seen, out = set(), []
     wanted = [(preset(name).encoding.features, preset(name).network.sdf_hidden, preset(name).network.sdf_layers)
               for name in (presets or PRESETS)]
@@ -77,7 +77,7 @@ def compile_all(capabilities=CAPABILITIES, presets=None, emit=None):
     launch); returns the rows (see the module's docstring), and hands each to `emit` as it is made."""
     if os.environ.get("TRITON_INTERPRET", "") not in ("", "0"):
         raise RuntimeError("TRITON_INTERPRET is set: the kernels are Python functions here and cannot be "
-                           "compiled; run `python -m engine.triton_aot` without it")
+                           "compiled; run `python -m engine.nn.triton_aot` without it")
     rows = []
     with tempfile.TemporaryDirectory(prefix="marble-triton-aot-") as cache:
         for capability in capabilities:
@@ -109,7 +109,7 @@ def _ptx_target(ptx):
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(prog="python -m engine.triton_aot", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m engine.nn.triton_aot", description=__doc__.split("\n\n")[0])
     parser.add_argument("--capability", type=int, nargs="+", default=list(CAPABILITIES))
     parser.add_argument("--preset", nargs="+", default=None)
     args = parser.parse_args(argv)

@@ -1,5 +1,5 @@
 """Which implementation of the hash-grid encoding runs: `tcnn` (tiny-cuda-nn's fused CUDA, when its
-Python module imports), `triton` (engine/hashgrid_triton.py, on CUDA GPUs), `torch` (the reference,
+Python module imports), `triton` (engine/nn/hashgrid_triton.py, on CUDA GPUs), `torch` (the reference,
 everywhere). `auto` takes the first of these that this Python and device can run.
 
 Triton kernels also run on CPU tensors under Triton's interpreter (TRITON_INTERPRET=1), slowly: that is
@@ -9,7 +9,7 @@ import functools
 import importlib
 import os
 
-from .config import InputError
+from ..config import InputError
 
 ORDER = ("tcnn", "triton", "torch")
 
@@ -69,7 +69,7 @@ def resolve_backend(requested, device, features=2):
 
 def kernel_problem(backend, device, features=2, sdf_hidden=None, half_table=False):
     """None when `backend`'s kernels compile and agree with the torch reference on `device`, else why
-    not, in words. Only Triton on CUDA is checked (engine.hashgrid_triton.self_check: a few seconds the
+    not, in words. Only Triton on CUDA is checked (engine.nn.hashgrid_triton.self_check: a few seconds the
     first time, then Triton's cache): interpreted Triton is a test tool, torch is the reference, and
     tiny-cuda-nn is compiled when it is installed."""
     if backend != "triton" or device != "cuda":

@@ -47,7 +47,7 @@ class SDFNetwork(nn.Module):
 
     def value(self, x):
         """SDF values alone (N,), for queries that need no features: with the Triton backend and outside
-        autograd, the encoding and the MLP run as one kernel (engine.hashgrid_triton.sdf_values)."""
+        autograd, the encoding and the MLP run as one kernel (engine.nn.hashgrid_triton.sdf_values)."""
         hidden = self.layers[0].weight.shape[0]
         if (self.grid.uses_triton() and not torch.is_grad_enabled() and len(self.layers) == 2
                 and hidden & (hidden - 1) == 0):

@@ -2,7 +2,7 @@
 context that applies it."""
 import torch
 
-from .config import InputError
+from ..config import InputError
 
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 

@@ -8,16 +8,16 @@ import time
 import numpy as np
 import torch
 
-from . import protocol
-from .backends import checked_backend
-from .config import Config, InputError
-from .data import Normalization, RayDataset, carve
-from .rig import RigError
-from .mesh import extract_mesh, largest_component
-from .model import SDFModel
-from .precision import mixed_precision_dtype
-from .plyio import write_ply
-from .render import OccupancyGrid, render_rays
+from ..io import protocol
+from ..nn.backends import checked_backend
+from ..config import Config, InputError
+from ..data import Normalization, RayDataset, carve
+from ..io.rig import RigError
+from ..extract import extract_mesh, largest_component
+from ..nn.model import SDFModel
+from ..nn.precision import mixed_precision_dtype
+from ..io.ply import write_ply
+from ..render import OccupancyGrid, render_rays
 
 
 class Cancelled(Exception):
@@ -190,7 +190,7 @@ class Trainer:
             return
         path = os.path.join(self.job_dir, protocol.CURVES_FILE)
         try:
-            from .curves import write_curves
+            from ..curves import write_curves
             write_curves(protocol.read_events(events), path)
         except (ImportError, OSError, ValueError) as exc:
             self.out.log(f"warning: could not draw {path}: {exc}")
