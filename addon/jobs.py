@@ -24,6 +24,7 @@ import traceback
 import bpy
 
 from ..engine.io import protocol
+from ..engine.io import sequence as sequence_io
 from . import ROOT, preferences
 from . import region as regions
 from . import scene as builders
@@ -437,7 +438,7 @@ def _handle(job, event, state):
     update_state(state, event)
     if kind == protocol.STARTED:
         job.dynamic = bool(event.get("dynamic"))
-        if event.get("coordinates") in sequences.COORDINATES:
+        if event.get("coordinates") in sequence_io.COORDINATES:
             job.coordinates = event["coordinates"]
         if job.dynamic and job.resume:
             return _show_finished_frames(job, state)
@@ -472,11 +473,6 @@ def _handle(job, event, state):
 # ---------------------------------------------------------------------------------------------
 # Dynamic jobs: the sequence grows in the scene frame by frame
 
-def sequence_file(job_dir):
-    """A job's meshes/sequence.json (whether or not it exists)."""
-    return os.path.join(job_dir, protocol.MESHES_DIR, protocol.SEQUENCE_FILE)
-
-
 def _scene(job):
     return bpy.data.scenes.get(job.scene_name) or bpy.context.scene
 
@@ -503,9 +499,9 @@ def _add_frame(job, event, state):
     """A finished frame's mesh event: its object joins the job's sequence collection."""
     frame = event["frame"]
     try:
-        coordinates, entry = sequences.entry_from_event(event, job.coordinates)
-        arrays = sequences.read_frame_mesh(entry)  # before anything is made: a bad file changes nothing
-        live = _live_sequence(job, event.get("sequence") or sequence_file(job.job_dir), coordinates)
+        coordinates, entry = sequence_io.entry_from_event(event, job.coordinates)
+        arrays = sequence_io.read_frame_mesh(entry)  # before anything is made: a bad file changes nothing
+        live = _live_sequence(job, event.get("sequence") or sequence_io.sequence_path(job.job_dir), coordinates)
         first = not live.frames()
         obj = live.add(entry, _scene(job), arrays, canonical=coordinates == "canonical")
     except (ValueError, OSError) as exc:  # SequenceError and MeshError are ValueErrors
@@ -523,11 +519,11 @@ def _add_frame(job, event, state):
 def _show_finished_frames(job, state):
     """A resumed dynamic job: the engine does not send the frames it finished before again, so they come
     from its sequence.json (those the scene lacks; e.g. the job was resumed in a new Blender session)."""
-    path = sequence_file(job.job_dir)
+    path = sequence_io.sequence_path(job.job_dir)
     if not os.path.isfile(path):
         return False
     try:
-        sequence = sequences.read_sequence(path)
+        sequence = sequence_io.read_sequence(path)
         live = _live_sequence(job, path, sequence.coordinates)
         live.sync(sequence, _scene(job))
     except (ValueError, OSError) as exc:
@@ -540,9 +536,9 @@ def _show_finished_frames(job, state):
 
 def _finish_sequence(job, state, outputs):
     """A dynamic job's done: the collection holds exactly the frames of its sequence.json."""
-    path = str(outputs.get("sequence") or sequence_file(job.job_dir))
+    path = str(outputs.get("sequence") or sequence_io.sequence_path(job.job_dir))
     try:
-        sequence = sequences.read_sequence(path)
+        sequence = sequence_io.read_sequence(path)
         live = _live_sequence(job, path, sequence.coordinates)
         live.sync(sequence, _scene(job), remove_missing=True)
     except (ValueError, OSError) as exc:
@@ -620,10 +616,10 @@ def restore_state(scene, state):
             final = None  # a resumed run starts over in the same file
     if state.dynamic:
         # The frames finished so far are those sequence.json lists (a resumed run does not announce them again).
-        path = state.sequence_path or sequence_file(job_dir)
+        path = state.sequence_path or sequence_io.sequence_path(job_dir)
         if os.path.isfile(path):
             state.sequence_path = path
-            state.frames_done = sequences.count_frames(path)
+            state.frames_done = sequence_io.count_frames(path)
     if final == protocol.DONE:
         state.state = 'done'
         if state.dynamic:

@@ -12,6 +12,7 @@ import numpy as np
 import torch
 
 from .io.protocol import write_json
+from .io.region import estimate_region
 from .io.rig import RigError, image_size
 
 try:
@@ -137,17 +138,6 @@ def carve(views, masks, points, min_seen=0.5):
     return inside & (seen >= max(2, min_seen * len(views)))
 
 
-def look_at_center(views):
-    """The point nearest (least squares) to all cameras' optical axes."""
-    A, b = np.zeros((3, 3)), np.zeros(3)
-    for view in views:
-        o, d = np.asarray(view.c2w)[:3, 3], np.asarray(view.c2w)[:3, 2]
-        P = np.eye(3) - np.outer(d, d)
-        A += P
-        b += P @ o
-    return np.linalg.lstsq(A, b, rcond=None)[0]
-
-
 def grid_points(center, half, resolution):
     axis = (np.arange(resolution) + 0.5) / resolution * 2 - 1
     g = np.stack(np.meshgrid(axis, axis, axis, indexing="ij"), -1).reshape(-1, 3)
@@ -156,13 +146,13 @@ def grid_points(center, half, resolution):
 
 def estimate_normalization(views, masks, margin=1.1):
     """The region of interest as a Normalization, and warnings (a list of str)."""
-    center = look_at_center(views)
+    center, radius = estimate_region([v.c2w for v in views])
     cams = np.array([np.asarray(v.c2w)[:3, 3] for v in views])
     distance = np.linalg.norm(cams - center, axis=1)
     if masks is None:
-        return Normalization(center, 0.5 * float(np.median(distance))), [
+        return Normalization(center, radius), [
             "no masks: the region to reconstruct is guessed from where the cameras look "
-            f"(a sphere of radius {0.5 * float(np.median(distance)):.3g} around their common focus)"]
+            f"(a sphere of radius {radius:.3g} around their common focus)"]
     half, res = float(distance.max()), 96
     pts = grid_points(center, half, res)
     keep = carve(views, masks, pts)

@@ -6,6 +6,7 @@ import bpy
 from bpy_extras.io_utils import ImportHelper
 
 from ..addon import jobs
+from ..engine.io import sequence as sequence_io
 from ..addon import scene as builders
 from ..addon import sequence as sequences
 
@@ -25,7 +26,7 @@ class MARBLE_OT_import_sequence(bpy.types.Operator, ImportHelper):
         job_dir = jobs.shown_job_dir(context)
         meshes = os.path.join(job_dir, "meshes") if job_dir else ""
         if meshes and os.path.isdir(meshes) and not self.filepath:
-            candidate = os.path.join(meshes, sequences.SEQUENCE_FILE)
+            candidate = os.path.join(meshes, sequence_io.SEQUENCE_FILE)
             self.filepath = candidate if os.path.isfile(candidate) else os.path.join(meshes, "")
         return ImportHelper.invoke(self, context, event)
 
@@ -39,9 +40,9 @@ class MARBLE_OT_import_sequence(bpy.types.Operator, ImportHelper):
             collection = context.scene.collection
         # Everything is read and checked before anything is created; build_sequence cleans up after itself.
         try:
-            sequence = sequences.read_sequence(path)
+            sequence = sequence_io.read_sequence(path)
             built = sequences.build_sequence(sequence, sequence.name, collection, context.scene)
-        except (sequences.SequenceError, builders.MeshError, ValueError, OSError) as exc:
+        except (sequence_io.SequenceError, builders.MeshError, ValueError, OSError) as exc:
             self.report({'ERROR'}, str(exc))
             return {'CANCELLED'}
         builders.show_color_attributes(context.window_manager)

@@ -320,7 +320,7 @@ def test_engine_environment_puts_engine_root_first(marble, monkeypatch):
     assert env["PYTHONPATH"] == os.pathsep.join(["/ext/root", "/some/where"])
     assert "PYTHONHOME" not in env and env["PYTHONUNBUFFERED"] == "1"
     # The real extension root holds the engine package.
-    assert os.path.isfile(os.path.join(marble.jobs.engine_root(), "engine", "protocol.py"))
+    assert os.path.isfile(os.path.join(marble.jobs.engine_root(), "engine", "io", "protocol.py"))
 
 
 def test_restore_state_from_events(marble, tmp_path):

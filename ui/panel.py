@@ -6,6 +6,7 @@ import textwrap
 import bpy
 
 from ..addon import jobs
+from ..engine.io import sequence as sequence_io
 from ..addon import region as regions
 from ..addon import scene as builders
 
@@ -53,7 +54,7 @@ def job_sequence(context):
     if job.sequence_path and os.path.isfile(bpy.path.abspath(job.sequence_path)):
         return os.path.abspath(bpy.path.abspath(job.sequence_path))
     job_dir = jobs.shown_job_dir(context)
-    path = jobs.sequence_file(job_dir) if job_dir else ""
+    path = sequence_io.sequence_path(job_dir) if job_dir else ""
     return path if path and os.path.isfile(path) else ""
 
 

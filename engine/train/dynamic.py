@@ -7,7 +7,6 @@ the canonical space the network lives in; then the network trains for dynamic.fr
 to follow what the motion does not explain (deformation). Every frame ends with its mesh,
 JOB/meshes/frame_%06d.ply, and JOB/meshes/sequence.json rewritten to list every finished frame.
 """
-import json
 import math
 import os
 import time
@@ -20,6 +19,7 @@ from ..config import InputError, parse_frames
 from ..data import RayDataset
 from .motion import axis_angle_to_matrix, compose, from_canonical, matrix_to_axis_angle, to_canonical, world_from_canonical
 from ..io.ply import write_ply
+from ..io.sequence import sequence_path, write_sequence
 from ..render import OccupancyGrid
 from .trainer import Trainer, active_levels, numerical_step, region_grid
 
@@ -332,12 +332,7 @@ class SequenceTrainer(Trainer):
                 os.remove(os.path.join(folder, name))
 
     def write_sequence(self):
-        path = os.path.join(self.job_dir, protocol.MESHES_DIR, protocol.SEQUENCE_FILE)
-        # One line per frame: the file is rewritten after every frame of sequences hundreds long.
-        frames = ",\n  ".join(json.dumps(e, separators=(",", ":")) for e in sorted(self.entries, key=lambda e: e["frame"]))
-        protocol.write_atomic(path, f'{{"coordinates": {json.dumps(self.cfg.dynamic.coordinates)},\n'
-                                    f' "frames": [\n  {frames}]}}\n')
-        return path
+        return write_sequence(sequence_path(self.job_dir), self.cfg.dynamic.coordinates, self.entries)
 
     # -- checkpoints -------------------------------------------------------------------------------
     def checkpoint_extra(self):
@@ -383,7 +378,7 @@ class SequenceTrainer(Trainer):
         self.emit_train_stage()
         while self.index < len(self.frames):
             self.train_frame()
-        sequence = os.path.join(self.job_dir, protocol.MESHES_DIR, protocol.SEQUENCE_FILE)
+        sequence = sequence_path(self.job_dir)
         return {"sequence": sequence, "meshes": os.path.dirname(sequence), "frames": len(self.entries)}
 
     def train_frame(self):
