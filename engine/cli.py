@@ -1,7 +1,8 @@
 """`python -m engine`: train a job; re-extract, evaluate or redraw the curves of a job; print a preset; doctor.
 
-Only the standard library is imported up front: `doctor` must run in a Python without torch or numpy,
-and `train` there must still print an error event saying what is missing.
+Only the standard library is imported up front (engine.config is plain data): `doctor` must run in a
+Python without torch or numpy, and `train` there must still print an error event saying what is missing.
+The flags' choices and ranges come from engine.config.
 """
 import argparse
 import math
@@ -9,22 +10,13 @@ import os
 import sys
 import traceback
 
-from .io import protocol
+from .config import BACKENDS, DEVICES, PRESETS, RANGES, InputError, range_problem
 from .events import CancelWatch, Emitter
-
-
-def preset_names():
-    """The presets' names for argparse; None (any name) where config cannot be imported for want of
-    torch, so that the command still parses and reports the missing package."""
-    try:
-        from .config import PRESETS
-    except ModuleNotFoundError:
-        return None
-    return PRESETS
+from .io import protocol
 
 
 def parse_args(argv):
-    presets = preset_names()
+    presets = tuple(PRESETS)
     parser = argparse.ArgumentParser(prog="python -m engine", description="Marble's reconstruction engine.")
     sub = parser.add_subparsers(dest="command", required=True)
     train = sub.add_parser("train", help="train on a rig and write the job's mesh")
@@ -32,11 +24,12 @@ def parse_args(argv):
     train.add_argument("--out", required=True, help="job directory (created)")
     train.add_argument("--preset", choices=presets, default="cpu")
     train.add_argument("--iterations", type=int, help="training steps (default: the preset's)")
-    train.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
-    train.add_argument("--backend", choices=("auto", "tcnn", "triton", "torch"), default=None,
+    train.add_argument("--device", choices=tuple(DEVICES), default="auto")
+    train.add_argument("--backend", choices=tuple(BACKENDS), default=None,
                        help="hash-grid encoding: tcnn (tiny-cuda-nn, when it imports), triton (fused kernels "
                             "on CUDA), torch (everywhere); auto takes the first that runs here")
-    train.add_argument("--resolution", type=int, help="marching cubes resolution (default: the preset's)")
+    train.add_argument("--resolution", type=int, help="marching cubes resolution, %d to %d (default: the preset's)"
+                       % RANGES["mesh.resolution"])
     train.add_argument("--preview-every", type=int, help="write a coarse preview mesh every N steps")
     train.add_argument("--seed", type=int)
     train.add_argument("--region", type=float, nargs=4, metavar=("X", "Y", "Z", "R"),
@@ -76,31 +69,26 @@ def parse_args(argv):
 
 
 def resolve_config(args):
-    from .config import Config, InputError, preset
+    from .config import Config, preset
     saved = os.path.join(args.out, protocol.CONFIG_FILE)
     if args.resume and os.path.exists(saved):
         cfg = Config.from_dict(_read_json(saved))
     else:
         cfg = preset(args.preset)
-    if args.iterations is not None:
-        if args.iterations < 1:
-            raise InputError(f"--iterations must be at least 1, got {args.iterations}")
-        cfg.train.iterations = args.iterations
-    if args.resolution is not None:
-        if not 8 <= args.resolution <= 2048:
-            raise InputError(f"--resolution must be between 8 and 2048, got {args.resolution}")
-        cfg.mesh.resolution = args.resolution
+    flags = (("iterations", "train.iterations"), ("resolution", "mesh.resolution"),
+             ("downscale", "data.downscale"), ("holdout_every", "data.holdout_every"))
+    for name, key in flags:
+        value = getattr(args, name)
+        if value is not None:
+            problem = range_problem(key, value, "--" + name.replace("_", "-"))
+            if problem:
+                raise InputError(problem)
+            section, field_name = key.split(".")
+            setattr(getattr(cfg, section), field_name, value)
     if args.preview_every is not None:
         cfg.train.preview_every = max(0, args.preview_every)
     if args.seed is not None:
         cfg.train.seed = args.seed
-    for name in ("downscale", "holdout_every"):
-        value = getattr(args, name)
-        if value is not None:
-            if value < (1 if name == "downscale" else 0):
-                raise InputError(f"--{name.replace('_', '-')} must be at least "
-                                 f"{1 if name == 'downscale' else 0}, got {value}")
-            setattr(cfg.data, name, value)
     if args.largest_component:
         cfg.mesh.largest_component = True
     if args.no_masks:
@@ -126,7 +114,6 @@ def _read_json(path):
 def run_train(args, out):
     import torch  # the engine's heavy imports happen after the job exists, so errors are reported
 
-    from .config import InputError
     from .io.rig import load_rig
     from .train.dynamic import SequenceTrainer, select_frames
     from .train.trainer import Cancelled, Trainer, resolve_device, write_config
@@ -169,7 +156,7 @@ def run_train(args, out):
 
 def load_job(job, out):
     """A Trainer restored from a finished (or cancelled) job's last checkpoint."""
-    from .config import Config, InputError
+    from .config import Config
     from .io.rig import load_rig
     from .train.trainer import Trainer
     if not os.path.isfile(os.path.join(job, protocol.CONFIG_FILE)):
@@ -213,7 +200,6 @@ def run_evaluate(args, out):
 
 def run_curves(args, out):
     """Redraw JOB/curves.png from the job's events (read only: the job's events.jsonl is left as it is)."""
-    from .config import InputError
     from .curves import write_curves
     events_path = os.path.join(args.job, protocol.EVENTS_FILE)
     if not os.path.isfile(events_path):
@@ -240,7 +226,6 @@ def main(argv=None):
     out = Emitter()
     bad_input = ()  # the types below once they import: without torch, importing config is what fails
     try:
-        from .config import InputError
         from .io.rig import RigError
         bad_input = (RigError, InputError)
         commands = {"train": run_train, "extract": run_extract, "evaluate": run_evaluate,

@@ -1,4 +1,9 @@
-"""Training configurations: plain dataclasses, and the named presets (DESIGN.md, "Engine").
+"""Training configurations: plain dataclasses, the named presets, and every field's choices and
+range (docs/design.md, "Config").
+
+The one source of the configuration: the command line's flags and `--set` checks, and the add-on's
+preset, device and resolution settings, are all derived from the names below, so they cannot
+disagree. Standard library only: Blender's Python and a Python without torch import it.
 
 A preset is a Config; command-line flags override single fields; the resolved Config is written to
 the job's config.json and sent in the `started` event.
@@ -6,11 +11,63 @@ the job's config.json and sent in the `started` event.
 import dataclasses
 from dataclasses import dataclass, field
 
-from .nn.encoding import HashGridConfig
+# name: (label, description) -- the command line's choices and the add-on's enum items.
+PRESETS = {
+    "cpu": ("CPU", "Small model sized for a laptop processor"),
+    "fast": ("Fast", "NeuS2-style: progressive hash-grid levels, about 15k iterations on a GPU"),
+    "quality": ("Quality", "Neuralangelo-style: numerical gradients and curvature loss, slow"),
+}
+DEVICES = {
+    "auto": ("Auto", "CUDA when the engine's Python sees a GPU, else the CPU"),
+    "cpu": ("CPU", "Train on the processor"),
+    "cuda": ("CUDA", "Train on an NVIDIA GPU"),
+}
+BACKENDS = {
+    "auto": ("Auto", "tiny-cuda-nn, then Triton on CUDA, else torch: the first that runs here"),
+    "tcnn": ("tiny-cuda-nn", "tiny-cuda-nn's fused CUDA encoding, when it imports"),
+    "triton": ("Triton", "Marble's fused Triton kernels, on CUDA GPUs"),
+    "torch": ("torch", "The reference implementation; runs everywhere"),
+}
+SECTIONS = ("encoding", "network", "render", "train", "mesh", "data", "dynamic")
+CHOICES = {"render.sampler": ("occupancy", "hierarchical"), "render.background_model": ("auto", "none"),
+           "train.color_loss": ("l1", "huber"), "train.gradient": ("numerical", "analytic"),
+           "train.mixed_precision": ("auto", "off", "bf16", "fp16"), "dynamic.coordinates": ("world", "canonical"),
+           "encoding.half_table": ("auto", "on", "off")}
+# "section.field": (least, most); None: unbounded. Checked by validate(), used by the CLI and the add-on.
+RANGES = {
+    "encoding.levels": (1, None), "encoding.features": (1, None),
+    "render.samples_per_ray": (1, None), "render.up_sample_rounds": (1, None), "render.fine_samples": (0, None),
+    "train.iterations": (1, None), "train.rays_per_batch": (1, None), "train.preview_every": (0, None),
+    "mesh.resolution": (8, 2048), "mesh.block": (1, None),
+    "data.downscale": (1, None), "data.holdout_every": (0, None),
+    "dynamic.frame_iterations": (1, None), "dynamic.prediction_iterations": (0, None),
+}
+POSITIVE = ("dynamic.frame_lr_factor", "dynamic.prediction_lr")  # must be > 0
+
+
+def range_problem(key, value, name=None):
+    """The InputError message for `value` outside RANGES[key] (named `name`, default `key`), or None."""
+    least, most = RANGES[key]
+    name = name or key
+    if most is not None and not least <= value <= most:
+        return f"{name} must be between {least} and {most}, got {value}"
+    if value < least:
+        return f"{name} must be at least {least}, got {value}"
+    return None
 
 
 class InputError(ValueError):
     """A command-line value or option the engine cannot use; the message says which and why."""
+
+
+@dataclass
+class HashGridConfig:
+    levels: int = 16
+    features: int = 2
+    log2_table: int = 19
+    base_resolution: int = 16
+    finest_resolution: int = 2048
+    half_table: str = "auto"       # lookups from a float16 copy of the tables: auto (on with triton on a GPU) | on | off
 
 
 @dataclass
@@ -146,18 +203,12 @@ class Config:
             value = getattr(getattr(self, section), name)
             if value not in allowed:
                 raise InputError(f"{key} must be one of {', '.join(allowed)}, got {value!r}")
-        positive = ("render.samples_per_ray", "render.up_sample_rounds", "train.iterations", "train.rays_per_batch",
-                    "encoding.levels", "encoding.features", "mesh.resolution", "mesh.block", "data.downscale",
-                    "dynamic.frame_iterations")
-        for key in positive:
+        for key in RANGES:
             section, name = key.split(".")
-            if getattr(getattr(self, section), name) < 1:
-                raise InputError(f"{key} must be at least 1, got {getattr(getattr(self, section), name)}")
-        for key in ("render.fine_samples", "dynamic.prediction_iterations"):
-            section, name = key.split(".")
-            if getattr(getattr(self, section), name) < 0:
-                raise InputError(f"{key} must be at least 0, got {getattr(getattr(self, section), name)}")
-        for key in ("dynamic.frame_lr_factor", "dynamic.prediction_lr"):
+            problem = range_problem(key, getattr(getattr(self, section), name))
+            if problem:
+                raise InputError(problem)
+        for key in POSITIVE:
             section, name = key.split(".")
             if not getattr(getattr(self, section), name) > 0:
                 raise InputError(f"{key} must be positive, got {getattr(getattr(self, section), name)}")
@@ -208,15 +259,6 @@ def preset(name):
             mesh=MeshConfig(resolution=256),
             dynamic=DynamicConfig(frame_iterations=300, prediction_iterations=200))
     raise InputError(f"unknown preset {name!r}: choose cpu, fast or quality")
-
-
-PRESETS = ("cpu", "fast", "quality")
-SECTIONS = ("encoding", "network", "render", "train", "mesh", "data", "dynamic")
-CHOICES = {"render.sampler": ("occupancy", "hierarchical"), "render.background_model": ("auto", "none"),
-           "train.color_loss": ("l1", "huber"), "train.gradient": ("numerical", "analytic"),
-           "train.mixed_precision": ("auto", "off", "bf16", "fp16"), "dynamic.coordinates": ("world", "canonical"),
-           "encoding.half_table": ("auto", "on", "off")}
-BACKENDS = ("auto", "tcnn", "triton", "torch")
 
 
 def parse_frames(text):

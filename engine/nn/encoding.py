@@ -12,23 +12,14 @@ training) output zeros.
 """
 import contextlib
 import math
-from dataclasses import dataclass
 
 import torch
+
+from ..config import HashGridConfig
 
 PRIMES = (1, 2654435761, 805459861)
 # The central-difference taps, in the order the rows of encode_taps (and central_differences) follow.
 TAP_OFFSETS = ((1, 0, 0), (-1, 0, 0), (0, 1, 0), (0, -1, 0), (0, 0, 1), (0, 0, -1))
-
-
-@dataclass
-class HashGridConfig:
-    levels: int = 16
-    features: int = 2
-    log2_table: int = 19
-    base_resolution: int = 16
-    finest_resolution: int = 2048
-    half_table: str = "auto"       # lookups from a float16 copy of the tables: auto (on with triton on a GPU) | on | off
 
 
 def level_resolutions(cfg):
