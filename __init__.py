@@ -1,7 +1,7 @@
 # SPDX-License-Identifier: GPL-3.0-or-later
 """Marble: meshes from calibrated multi-view photographs, inside Blender.
 
-The extension entry point only wires the parts together; see DESIGN.md for the layout.
+The extension entry point only wires the parts together; see docs/design.md for the layout.
 """
 from . import addon, operators, ui
 

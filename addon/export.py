@@ -2,7 +2,7 @@
 """Blender cameras -> a rig (transforms.json), optionally rendering the scene through each camera.
 
 K comes from each camera's lens, sensor, shift and the image size and pixel aspect
-(scene.camera_intrinsics, the inverse of camera_settings); when the camera still has the settings
+(camera_math.camera_intrinsics, the inverse of camera_settings); when the camera still has the settings
 its own K (custom property, from an import) gives, that K is written as it was, so import -> export
 -> import is exact. The pose is matrix_world @ diag(1, -1, -1, 1). Cameras of a dynamic rig (custom
 property marble_frames) give one view per frame, evaluated at that frame. The region empty becomes the
@@ -20,8 +20,9 @@ import bpy
 import numpy as np
 
 from ..engine.io import rig as rigs
-from . import region as regions
-from . import scene as builders
+from . import camera_math
+from .build import region as regions
+from .build import rig as rig_build
 
 IMAGES_DIR = "images"
 IMAGE_EXTENSION = ".png"
@@ -116,7 +117,7 @@ class RigExporter:
 
     @staticmethod
     def _entries(obj):
-        text = obj.get(builders.PROP_FRAMES)
+        text = obj.get(rig_build.PROP_FRAMES)
         if not text:
             return []
         try:
@@ -192,8 +193,8 @@ class RigExporter:
         elif entry is not None:
             image, width, height = entry.get("image"), entry.get("width"), entry.get("height")
         else:
-            image = obj.get(builders.PROP_IMAGE)
-            width, height = obj.data.get(builders.PROP_WIDTH), obj.data.get(builders.PROP_HEIGHT)
+            image = obj.get(rig_build.PROP_IMAGE)
+            width, height = obj.data.get(rig_build.PROP_WIDTH), obj.data.get(rig_build.PROP_HEIGHT)
         if not image:
             image = os.path.join(self.root, IMAGES_DIR, _safe_name(obj.name) + IMAGE_EXTENSION)
         if not (isinstance(width, int) and isinstance(height, int) and width > 0 and height > 0):
@@ -205,8 +206,8 @@ class RigExporter:
     def _view(self, obj, entry, image, width, height, frame):
         cam = obj.data
         source = entry if entry is not None else {
-            "K": cam.get(builders.PROP_K), "width": cam.get(builders.PROP_WIDTH),
-            "height": cam.get(builders.PROP_HEIGHT), "distortion": cam.get(builders.PROP_DISTORTION)}
+            "K": cam.get(rig_build.PROP_K), "width": cam.get(rig_build.PROP_WIDTH),
+            "height": cam.get(rig_build.PROP_HEIGHT), "distortion": cam.get(rig_build.PROP_DISTORTION)}
         stored = _float_list(source.get("K"), 9) if source.get("K") is not None else None
         render = self.scene.render
         ycor = render.pixel_aspect_y / render.pixel_aspect_x
@@ -214,21 +215,21 @@ class RigExporter:
         if stored is not None and (source.get("width"), source.get("height")) == (width, height):
             # Not edited since the import (with this pixel aspect): its photograph's own K, exactly.
             stored = np.array(stored).reshape(3, 3)
-            if builders.settings_match(cam, stored, width, height, ycor):
+            if camera_math.settings_match(cam, stored, width, height, ycor):
                 K = stored
         if K is None:  # what Blender shows at this size
-            K = builders.camera_intrinsics(cam, width, height, render.pixel_aspect_x, render.pixel_aspect_y)
+            K = camera_math.camera_intrinsics(cam, width, height, render.pixel_aspect_x, render.pixel_aspect_y)
         distortion = _float_list(source.get("distortion"), 4) if source.get("distortion") is not None else None
         if distortion is not None and not any(distortion):
             distortion = None
         if frame is None:
-            frame = obj.get(builders.PROP_FRAME, 0)
+            frame = obj.get(rig_build.PROP_FRAME, 0)
         fields = {"image_path": image, "width": int(width), "height": int(height), "K": np.asarray(K, dtype=float),
-                  "c2w": builders.opencv_c2w(obj.matrix_world),
+                  "c2w": camera_math.opencv_c2w(obj.matrix_world),
                   "distortion": None if distortion is None else np.array(distortion),
-                  "camera_id": str(obj.get(builders.PROP_CAMERA_ID) or obj.name),
+                  "camera_id": str(obj.get(rig_build.PROP_CAMERA_ID) or obj.name),
                   "frame": int(frame) if isinstance(frame, int) else 0}
-        split = obj.get(builders.PROP_SPLIT)
+        split = obj.get(rig_build.PROP_SPLIT)
         names = {f.name for f in dataclasses.fields(rigs.View)}
         if split and "split" in names:
             fields["split"] = str(split)

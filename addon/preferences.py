@@ -1,45 +1,16 @@
 # SPDX-License-Identifier: GPL-3.0-or-later
 """Add-on preferences: the Python interpreter that runs the engine (checked with `python -m engine
 doctor`), the job folder, and the defaults of new training runs."""
-import json
 import os
-import subprocess
-import sys
 
 import bpy
 
-from . import PACKAGE, ROOT
-from .props import DEVICES, PRESETS
+from ..engine import config
+from .engine_python import ROOT, default_python, run_doctor
+from .props import enum_items
 
-BUILD_INFO_FILE = "marble_build.json"  # written into the zip by build.py
-DOCTOR_TIMEOUT_S = 120.0                # importing torch the first time can take a while
-
-
-def _venv_python(folder):
-    if sys.platform == "win32":
-        return os.path.join(folder, ".venv", "Scripts", "python.exe")
-    return os.path.join(folder, ".venv", "bin", "python")
-
-
-def default_python(root=ROOT):
-    """The engine interpreter to use when the preference is empty.
-
-    First the "python" entry of marble_build.json (the .venv of the checkout the zip was built from),
-    then the .venv next to the source when the add-on runs from the repository itself, else "".
-    """
-    info = os.path.join(root, BUILD_INFO_FILE)
-    if os.path.isfile(info):
-        try:
-            with open(info, encoding="utf-8") as f:
-                python = json.load(f).get("python") or ""
-        except (OSError, ValueError, AttributeError):
-            python = ""
-        if python and os.path.isfile(python):
-            return python
-    python = _venv_python(root)
-    if os.path.isfile(python):
-        return python
-    return ""
+# The extension's package ("bl_ext.<repo>.marble"): the add-on's name in Blender's preferences.
+PACKAGE = __package__.rpartition(".")[0]
 
 
 def get():
@@ -76,36 +47,6 @@ def jobs_root():
 def is_inside(path, folder):
     path, folder = os.path.realpath(path), os.path.realpath(folder)
     return path == folder or path.startswith(folder.rstrip(os.sep) + os.sep)
-
-
-def run_doctor(python, root=None, timeout=DOCTOR_TIMEOUT_S):
-    """`python -m engine doctor` in the engine's interpreter: its report (a dict with "ok" and
-    "message"); a report with ok False and a message saying what to do when it cannot run at all."""
-    if not python:
-        return {"ok": False, "message": "No engine interpreter set: choose a Python that has torch installed"}
-    if not os.path.isfile(python):
-        return {"ok": False, "message": f"Not found: {python}"}
-    if not os.access(python, os.X_OK):
-        return {"ok": False, "message": f"Not executable: {python}"}
-    from .jobs import engine_environment, engine_root
-    root = root or engine_root()
-    try:
-        done = subprocess.run([python, "-m", "engine", "doctor"], cwd=root, env=engine_environment(root),
-                              capture_output=True, text=True, timeout=timeout, stdin=subprocess.DEVNULL,
-                              creationflags=getattr(subprocess, "CREATE_NO_WINDOW", 0))
-    except subprocess.TimeoutExpired:
-        return {"ok": False, "message": f"{python} did not answer within {timeout:.0f} s"}
-    except OSError as exc:
-        return {"ok": False, "message": f"Cannot run {python}: {exc.strerror or exc}"}
-    for line in reversed(done.stdout.splitlines()):
-        try:
-            report = json.loads(line)
-        except ValueError:
-            continue
-        if isinstance(report, dict) and "ok" in report:
-            return report
-    error = (done.stderr.strip().splitlines() or ["no output"])[-1]
-    return {"ok": False, "message": f"{python} is not a Python that can run the engine ({error})"}
 
 
 def check_engine(prefs, python=None):
@@ -146,8 +87,8 @@ class MarblePreferences(bpy.types.AddonPreferences):
         description="Where new training jobs are written (empty: the extension's user folder; never "
                     "inside the extension itself)",
         subtype='DIR_PATH')
-    default_preset: bpy.props.EnumProperty(name="Default Preset", items=PRESETS, default='cpu')
-    default_device: bpy.props.EnumProperty(name="Default Device", items=DEVICES, default='auto')
+    default_preset: bpy.props.EnumProperty(name="Default Preset", items=enum_items(config.PRESETS), default='cpu')
+    default_device: bpy.props.EnumProperty(name="Default Device", items=enum_items(config.DEVICES), default='auto')
     preview_every: bpy.props.IntProperty(
         name="Preview Interval", default=100, min=0, soft_max=5000,
         description="Show a coarse preview mesh every this many iterations while training (0: none)")
@@ -197,13 +138,4 @@ class MARBLE_OT_check_engine(bpy.types.Operator):
 
 
 CLASSES = (MarblePreferences, MARBLE_OT_check_engine)
-
-
-def register():
-    for cls in CLASSES:
-        bpy.utils.register_class(cls)
-
-
-def unregister():
-    for cls in reversed(CLASSES):
-        bpy.utils.unregister_class(cls)
+register, unregister = bpy.utils.register_classes_factory(CLASSES)

@@ -3,25 +3,24 @@
 running job's state, which lives only as long as the session)."""
 import bpy
 
+from ..engine import config
+
+
+def enum_items(choices):
+    """EnumProperty items from one of engine.config's {name: (label, description)} tables."""
+    return tuple((name, label, description) for name, (label, description) in choices.items())
+
+
 DEFAULT_ITEM = ('default', "Default", "The default chosen in Preferences > Add-ons > Marble")
-PRESETS = (
-    ('cpu', "CPU", "Small model sized for a laptop processor"),
-    ('fast', "Fast", "NeuS2-style: progressive hash-grid levels, about 15k iterations on a GPU"),
-    ('quality', "Quality", "Neuralangelo-style: numerical gradients and curvature loss, slow"),
-)
-DEVICES = (
-    ('auto', "Auto", "CUDA when the engine's Python sees a GPU, else the CPU"),
-    ('cpu', "CPU", "Train on the processor"),
-    ('cuda', "CUDA", "Train on an NVIDIA GPU"),
-)
-JOB_STATES = (
-    ('idle', "Idle", "No job has run in this session"),
-    ('running', "Running", "The engine is training"),
-    ('cancelling', "Cancelling", "Asked the engine to stop; it is saving a checkpoint"),
-    ('cancelled', "Cancelled", "The engine stopped on request"),
-    ('failed', "Failed", "The engine stopped with an error"),
-    ('done', "Done", "The mesh was reconstructed and imported"),
-)
+RESOLUTION_MIN, RESOLUTION_MAX = config.RANGES["mesh.resolution"]
+JOB_STATES = {
+    'idle': ("Idle", "No job has run in this session"),
+    'running': ("Running", "The engine is training"),
+    'cancelling': ("Cancelling", "Asked the engine to stop; it is saving a checkpoint"),
+    'cancelled': ("Cancelled", "The engine stopped on request"),
+    'failed': ("Failed", "The engine stopped with an error"),
+    'done': ("Done", "The mesh was reconstructed and imported"),
+}
 
 
 class MarbleSceneSettings(bpy.types.PropertyGroup):
@@ -36,14 +35,14 @@ class MarbleSceneSettings(bpy.types.PropertyGroup):
         name="Region", type=bpy.types.Object, poll=lambda self, obj: obj.type == 'EMPTY',
         description="Empty whose sphere is the region to reconstruct: move and scale it to change "
                     "what training reconstructs")
-    preset: bpy.props.EnumProperty(name="Preset", items=(DEFAULT_ITEM,) + PRESETS, default='default')
+    preset: bpy.props.EnumProperty(name="Preset", items=(DEFAULT_ITEM,) + enum_items(config.PRESETS), default='default')
     iterations: bpy.props.IntProperty(
         name="Iterations", description="Training iterations (0: the preset's default)",
         default=0, min=0, soft_max=100000)
     resolution: bpy.props.IntProperty(
         name="Mesh Resolution", description="Marching-cubes grid resolution of the extracted mesh",
-        default=256, min=16, max=2048)
-    device: bpy.props.EnumProperty(name="Device", items=(DEFAULT_ITEM,) + DEVICES, default='default')
+        default=256, min=RESOLUTION_MIN, max=RESOLUTION_MAX)
+    device: bpy.props.EnumProperty(name="Device", items=(DEFAULT_ITEM,) + enum_items(config.DEVICES), default='default')
     use_masks: bpy.props.BoolProperty(
         name="Use Masks", default=True,
         description="Train with the rig's object masks (alpha or mask images) when it has them; off: "
@@ -60,7 +59,7 @@ class MarbleSceneSettings(bpy.types.PropertyGroup):
 
 
 class MarbleJobState(bpy.types.PropertyGroup):
-    state: bpy.props.EnumProperty(name="State", items=JOB_STATES, default='idle')
+    state: bpy.props.EnumProperty(name="State", items=enum_items(JOB_STATES), default='idle')
     progress: bpy.props.FloatProperty(name="Progress", min=0.0, max=1.0, subtype='FACTOR')
     iteration: bpy.props.IntProperty(name="Iteration")
     total: bpy.props.IntProperty(name="Total")
@@ -88,17 +87,17 @@ class MarbleJobState(bpy.types.PropertyGroup):
                                       description="The stopped job has a checkpoint to go on from")
 
 
-EXPORT_STATES = (
-    ('idle', "Idle", "No export has run in this session"),
-    ('running', "Rendering", "Rendering the scene through each camera"),
-    ('cancelled', "Cancelled", "The export was cancelled; no transforms.json was written"),
-    ('failed', "Failed", "The export stopped with an error"),
-    ('done', "Done", "The rig was written"),
-)
+EXPORT_STATES = {
+    'idle': ("Idle", "No export has run in this session"),
+    'running': ("Rendering", "Rendering the scene through each camera"),
+    'cancelled': ("Cancelled", "The export was cancelled; no transforms.json was written"),
+    'failed': ("Failed", "The export stopped with an error"),
+    'done': ("Done", "The rig was written"),
+}
 
 
 class MarbleExportState(bpy.types.PropertyGroup):
-    state: bpy.props.EnumProperty(name="State", items=EXPORT_STATES, default='idle')
+    state: bpy.props.EnumProperty(name="State", items=enum_items(EXPORT_STATES), default='idle')
     progress: bpy.props.FloatProperty(name="Progress", min=0.0, max=1.0, subtype='FACTOR')
     done: bpy.props.IntProperty(name="Done", description="Images rendered so far")
     total: bpy.props.IntProperty(name="Total", description="Images to render")
@@ -108,11 +107,11 @@ class MarbleExportState(bpy.types.PropertyGroup):
 
 
 CLASSES = (MarbleSceneSettings, MarbleJobState, MarbleExportState)
+_register_classes, _unregister_classes = bpy.utils.register_classes_factory(CLASSES)
 
 
 def register():
-    for cls in CLASSES:
-        bpy.utils.register_class(cls)
+    _register_classes()
     bpy.types.Scene.marble = bpy.props.PointerProperty(type=MarbleSceneSettings)
     bpy.types.WindowManager.marble_job = bpy.props.PointerProperty(type=MarbleJobState)
     bpy.types.WindowManager.marble_export = bpy.props.PointerProperty(type=MarbleExportState)
@@ -122,5 +121,4 @@ def unregister():
     del bpy.types.WindowManager.marble_export
     del bpy.types.WindowManager.marble_job
     del bpy.types.Scene.marble
-    for cls in reversed(CLASSES):
-        bpy.utils.unregister_class(cls)
+    _unregister_classes()

@@ -46,7 +46,6 @@ import math
 import os
 import shutil
 import sys
-import tempfile
 import time
 
 import numpy as np
@@ -55,22 +54,19 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if REPO not in sys.path:
     sys.path.insert(0, REPO)
 
+from demo import geometry  # noqa: E402
 from demo import scene as demo_scene  # noqa: E402
 from engine.io.ply import write_ply  # noqa: E402
 from engine.io.protocol import write_json  # noqa: E402
 from engine.io.rig import OPENGL_TO_OPENCV, Rig, View, write_transforms  # noqa: E402
+from tools.sandbox import enter_sandbox  # noqa: E402
 
-FRAMES = 10
-CAMERAS = 20
-SIZE = 128
-SAMPLES = 16
-MIN_FRAMES = 2
-BENCH_MIN_FRAMES = 8
+FRAMES, CAMERAS, SIZE, SAMPLES = 10, 20, 128, 16    # the command line's defaults
+MIN_FRAMES, BENCH_MIN_FRAMES = 2, 8                  # the least this module makes; the benchmark's least
 
 # The subject: demo.scene's torus with two knobs (amplitude, u = angle around the ring, v = angle
 # around the tube (0 outside, pi/2 on top), widths along u and v in radians).
-MAJOR_SEGMENTS = 128
-MINOR_SEGMENTS = 48
+MAJOR_SEGMENTS, MINOR_SEGMENTS = 128, geometry.MINOR_SEGMENTS
 KNOBS = ((0.15, 0.0, math.pi / 4.0, 0.20, 0.45),
          (0.09, 2.3, -2.0, 0.25, 0.50))
 REST_ATTRIBUTE = "marble_rest"
@@ -101,13 +97,13 @@ SCENE_NAME = "marble_dynamic_dataset"
 # ---------------------------------------------------------------------------------------------------
 # Geometry and motion (numpy only)
 
-def knobbed_torus(major_radius=demo_scene.MAJOR_RADIUS, minor_radius=demo_scene.MINOR_RADIUS,
+def knobbed_torus(major_radius=geometry.MAJOR_RADIUS, minor_radius=geometry.MINOR_RADIUS,
                   major_segments=MAJOR_SEGMENTS, minor_segments=MINOR_SEGMENTS, knobs=KNOBS):
     """Vertices (N, 3) and outward-facing triangles (M, 3) of the knobbed torus (axis +Z, at the origin).
 
     The tube's radius grows by a smooth bump around each knob's (u, v); the surface stays a closed,
     manifold torus (the same grid as demo.scene.torus_mesh, each quad split in two)."""
-    vertices, quads = demo_scene.torus_mesh(major_radius, minor_radius, major_segments, minor_segments)
+    vertices, quads = geometry.torus_mesh(major_radius, minor_radius, major_segments, minor_segments)
     u = np.arctan2(vertices[:, 1], vertices[:, 0])
     ring = np.stack([np.cos(u), np.sin(u), np.zeros_like(u)], axis=-1)
     tube = vertices - major_radius * ring            # from the tube's centre line: minor_radius * normal
@@ -118,8 +114,7 @@ def knobbed_torus(major_radius=demo_scene.MAJOR_RADIUS, minor_radius=demo_scene.
         dv = np.angle(np.exp(1j * (v - v0)))
         radius += amplitude * np.exp(-0.5 * ((du / width_u) ** 2 + (dv / width_v) ** 2))
     vertices = major_radius * ring + tube * (radius / minor_radius)[:, None]
-    triangles = np.concatenate([quads[:, [0, 1, 2]], quads[:, [0, 2, 3]]])
-    return vertices, triangles
+    return vertices, geometry.torus_triangles(quads)
 
 
 def rotation(axis, angle):
@@ -219,7 +214,7 @@ def camera_rig(count, world_points, half_fov):
     target = 0.5 * (lo + hi)
     radius = float(np.linalg.norm(world_points - target, axis=1).max())
     distance = FRAMING_MARGIN * radius / math.sin(half_fov)
-    positions = demo_scene.camera_positions(count, distance=distance, elevation_range_deg=ELEVATION_RANGE_DEG)
+    positions = geometry.camera_positions(count, distance=distance, elevation_range_deg=ELEVATION_RANGE_DEG)
     return positions + target, target
 
 
@@ -386,23 +381,18 @@ def main(argv=None):
         _check_arguments(args.frames, args.cameras, size[0], size[1], args.samples)
     except ValueError as exc:
         parser.error(str(exc))
-    sandbox = None
-    if not os.environ.get("BLENDER_USER_RESOURCES"):
-        import build  # standard library only
-
-        sandbox = tempfile.mkdtemp(prefix="marble-dynamic-scene-")
-        os.environ.update(build.isolated_env(sandbox))  # before bpy is imported
+    sandbox = enter_sandbox("marble-dynamic-scene-")  # before bpy is imported
     try:
         result = render_dynamic_dataset(args.out_dir, frames=args.frames, cameras=args.cameras, size=size,
                                         samples=args.samples, verbose=True)
     finally:
         if sandbox:
             shutil.rmtree(sandbox, ignore_errors=True)
-    print(f"[dynamic] {result['frames']} frames x {result['cameras']} cameras at {size[0]}x{size[1]}, "
-          f"{result['samples']} samples in {result['seconds']:.1f} s")
-    print(f"[dynamic] rig:    {result['transforms']}")
-    print(f"[dynamic] truth:  {os.path.dirname(result['motion'])} ({len(result['truth'])} meshes, "
-          f"scene size {result['scene_size']:.4f})")
+    demo_scene.report("dynamic", f"{result['frames']} frames x {result['cameras']} cameras at {size[0]}x{size[1]}, "
+                      f"{result['samples']} samples", result, [
+                          ("rig:   ", result["transforms"]),
+                          ("truth: ", f"{os.path.dirname(result['motion'])} ({len(result['truth'])} meshes, "
+                                      f"scene size {result['scene_size']:.4f})")])
     return 0
 
 

@@ -3,7 +3,7 @@
     python -m demo.run [--iterations N] [--views 40] [--size 160] [--samples 16] [--timeout S]
 
 1. render the torus dataset with Cycles (demo.scene) into demo/out/data;
-2. build the extension zip (build.build_extension) and install it into the (temporary) Blender user
+2. build the extension zip (tools.extension) and install it into the (temporary) Blender user
    folder, enabled, as a user would from Preferences > Get Extensions > Install from Disk;
 3. on an empty file: marble.import_rig, the `cpu` preset, marble.train, then call the add-on's
    job tick until the engine is done (the bpy module runs no timers), which imports the mesh;
@@ -24,22 +24,20 @@ import os
 import shutil
 import signal
 import sys
-import tempfile
 import time
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if REPO not in sys.path:
     sys.path.insert(0, REPO)
 
-import build  # noqa: E402  (standard library only)
+from tools import BuildError  # noqa: E402  (standard library only)
+from tools.extension import extension_package, install_extension  # noqa: E402
+from tools.sandbox import enter_sandbox  # noqa: E402
 
 DEMO_DIR = os.path.join(REPO, "demo")
 OUT_DIR = os.path.join(DEMO_DIR, "out")
 BLEND_PATH = os.path.join(DEMO_DIR, "demo.blend")
 PNG_PATH = os.path.join(DEMO_DIR, "demo.png")
-REPO_NAME = "user_default"
-EXTENSION_ID = "marble"
-PACKAGE = f"bl_ext.{REPO_NAME}.{EXTENSION_ID}"
 RENDER_ONLY_COLLECTION = "demo render only"
 DEMO_ITERATIONS = 400
 
@@ -65,13 +63,10 @@ def main(argv=None):
                         help="cancel training after this many seconds (default 1800)")
     args = parser.parse_args(argv)
 
-    sandbox = None
-    if not os.environ.get("BLENDER_USER_RESOURCES"):
-        sandbox = tempfile.mkdtemp(prefix="marble-demo-")
-        os.environ.update(build.isolated_env(sandbox))  # before bpy is imported
+    sandbox = enter_sandbox("marble-demo-")  # before bpy is imported
     try:
         return run(args)
-    except (DemoError, build.BuildError) as exc:
+    except (DemoError, BuildError) as exc:
         print(f"[demo] failed: {exc}", file=sys.stderr, flush=True)
         return 1
     except KeyboardInterrupt:
@@ -100,7 +95,7 @@ def run(args):
 
     # 2. The extension, installed like a user would.
     mark = time.perf_counter()
-    jobs = install_extension(bpy)
+    _, jobs = install(bpy)
     timings["install"] = time.perf_counter() - mark
 
     # 3. Import the rig and train through the add-on.
@@ -174,16 +169,18 @@ def run(args):
     return 0
 
 
-def install_extension(bpy):
-    """Build the zip and install it into the (sandboxed) Blender like a user would; returns the
-    installed add-on's job client module."""
-    zip_path = build.build_extension(os.path.join(OUT_DIR, "dist"))
-    say(f"built {os.path.relpath(zip_path, REPO)}; installing it into {os.environ['BLENDER_USER_RESOURCES']}")
-    result = bpy.ops.extensions.package_install_files(filepath=zip_path, repo=REPO_NAME,
-                                                      enable_on_install=True)
-    if result != {"FINISHED"} or PACKAGE not in bpy.context.preferences.addons:
-        raise DemoError(f"installing {zip_path} did not enable {PACKAGE} (operator returned {result})")
-    return importlib.import_module(f"{PACKAGE}.addon.jobs")
+def install(bpy):
+    """Build the zip into demo/out/dist and install it into the (sandboxed) Blender like a user would;
+    returns (the installed package's name, its job client module)."""
+    say(f"building the extension and installing it into {os.environ['BLENDER_USER_RESOURCES']}")
+    package, zip_path = install_extension(bpy, os.path.join(OUT_DIR, "dist"))
+    say(f"installed {os.path.relpath(zip_path, REPO)} as {package}")
+    return package, job_client(package)
+
+
+def job_client(package=None):
+    """The installed add-on's job client module (its tick() follows a running job)."""
+    return importlib.import_module(f"{package or extension_package()}.addon.jobs")
 
 
 def follow(bpy, jobs, state, timeout):
@@ -282,7 +279,7 @@ def render_overview(bpy, demo_scene, scene, cameras, path, size=(960, 720), samp
             for point, co in zip(spline.points, stroke):
                 point.co = (co.x, co.y, co.z, 1.0)
     frusta = bpy.data.objects.new("camera frusta", curve)
-    frusta.data.materials.append(_emission_material(bpy, "demo frustum", (1.0, 0.42, 0.08)))
+    frusta.data.materials.append(_emission_material(bpy, demo_scene, "demo frustum", (1.0, 0.42, 0.08)))
     collection.objects.link(frusta)
 
     eye = Vector((4.4, -5.1, 3.1))
@@ -320,12 +317,8 @@ def render_overview(bpy, demo_scene, scene, cameras, path, size=(960, 720), samp
         render.resolution_x, render.resolution_y = width, height
 
 
-def _emission_material(bpy, name, colour):
-    material = bpy.data.materials.new(name)
-    if bpy.app.version < (5, 0, 0):  # always on (and deprecated) from Blender 5.0
-        material.use_nodes = True
-    nodes, links = material.node_tree.nodes, material.node_tree.links
-    nodes.clear()
+def _emission_material(bpy, demo_scene, name, colour):
+    material, nodes, links = demo_scene.new_material(bpy, name)
     emission = nodes.new("ShaderNodeEmission")
     emission.inputs["Color"].default_value = (*colour, 1.0)
     emission.inputs["Strength"].default_value = 1.5

@@ -39,18 +39,15 @@ if REPO not in sys.path:
 
 from engine.io.ply import write_ply  # noqa: E402
 from engine.io.rig import OPENGL_TO_OPENCV, Rig, View, write_transforms  # noqa: E402
+# The numpy-only geometry (the one torus, the camera spiral, look_at), here under its old names too.
+from demo.geometry import (CAMERA_DISTANCE, ELEVATION_RANGE_DEG, MAJOR_RADIUS, MAJOR_SEGMENTS,  # noqa: E402,F401
+                           MESH_DIAGONAL, MINOR_RADIUS, MINOR_SEGMENTS, camera_positions, look_at,
+                           normalising_matrix, torus_mesh, torus_parameters, torus_triangles)
 
-MAJOR_RADIUS = 0.6
-MINOR_RADIUS = 0.25
-MAJOR_SEGMENTS = 96
-MINOR_SEGMENTS = 48
-CAMERA_DISTANCE = 3.0
-ELEVATION_RANGE_DEG = (-40.0, 80.0)
 LENS_MM = 50.0
 SENSOR_MM = 36.0
 SEED = 0
 SCENE_NAME = "marble_demo_dataset"
-MESH_DIAGONAL = 1.7
 MESH_ELEVATION_RANGE_DEG = (-90.0, 90.0)
 MESH_VIEWS = 64
 MESH_SIZE = 200
@@ -61,53 +58,7 @@ OBJ_TO_BLENDER = np.array([[1.0, 0.0, 0.0, 0.0], [0.0, 0.0, -1.0, 0.0], [0.0, 1.
 
 
 # ---------------------------------------------------------------------------------------------------
-# Geometry (numpy only)
-
-def torus_mesh(major_radius=MAJOR_RADIUS, minor_radius=MINOR_RADIUS,
-               major_segments=MAJOR_SEGMENTS, minor_segments=MINOR_SEGMENTS):
-    """Vertices (N, 3) and outward-facing quads (M, 4) of a torus around +Z, centred at the origin."""
-    u = np.arange(major_segments) * (2.0 * math.pi / major_segments)
-    v = np.arange(minor_segments) * (2.0 * math.pi / minor_segments)
-    uu, vv = np.meshgrid(u, v, indexing="ij")
-    ring = major_radius + minor_radius * np.cos(vv)
-    vertices = np.stack([ring * np.cos(uu), ring * np.sin(uu), minor_radius * np.sin(vv)], axis=-1)
-    i = np.arange(major_segments)[:, None]
-    j = np.arange(minor_segments)[None, :]
-    i1 = (i + 1) % major_segments
-    j1 = (j + 1) % minor_segments
-
-    def index(a, b):
-        return np.broadcast_to(a * minor_segments + b, (major_segments, minor_segments))
-
-    quads = np.stack([index(i, j), index(i1, j), index(i1, j1), index(i, j1)], axis=-1)
-    return vertices.reshape(-1, 3), quads.reshape(-1, 4)
-
-
-def camera_positions(count, distance=CAMERA_DISTANCE, elevation_range_deg=ELEVATION_RANGE_DEG):
-    """`count` points spread evenly (Fibonacci spiral, equal area) over a band of the sphere."""
-    lo, hi = (math.sin(math.radians(e)) for e in elevation_range_deg)
-    golden = math.pi * (3.0 - math.sqrt(5.0))
-    points = []
-    for k in range(count):
-        z = lo + (k + 0.5) / count * (hi - lo)
-        elevation, azimuth = math.asin(z), k * golden
-        points.append((distance * math.cos(elevation) * math.cos(azimuth),
-                       distance * math.cos(elevation) * math.sin(azimuth),
-                       distance * z))
-    return np.array(points)
-
-
-def look_at(position, target=(0.0, 0.0, 0.0), up=(0.0, 0.0, 1.0)):
-    """Blender (OpenGL-axed) camera-to-world 4x4: the camera's -Z looks at `target`, +Y is up-ish."""
-    position = np.asarray(position, dtype=float)
-    back = position - np.asarray(target, dtype=float)
-    back /= np.linalg.norm(back)
-    right = np.cross(np.asarray(up, dtype=float), back)
-    right /= np.linalg.norm(right)
-    matrix = np.eye(4)
-    matrix[:3, 0], matrix[:3, 1], matrix[:3, 2], matrix[:3, 3] = right, np.cross(back, right), back, position
-    return matrix
-
+# Cameras
 
 def camera_intrinsics(camera, width, height):
     """K (3x3, pixels, pixel centres at +0.5) of a Blender camera datablock rendered at width x height.
@@ -130,12 +81,18 @@ def camera_intrinsics(camera, width, height):
 # ---------------------------------------------------------------------------------------------------
 # Blender scene
 
-def _material(bpy, name="marble_demo_torus"):
+def new_material(bpy, name):
+    """A new node material with an empty node tree: (material, its nodes, its links)."""
     material = bpy.data.materials.new(name)
     if bpy.app.version < (5, 0, 0):  # always on (and deprecated) from Blender 5.0
         material.use_nodes = True
     nodes, links = material.node_tree.nodes, material.node_tree.links
     nodes.clear()
+    return material, nodes, links
+
+
+def _material(bpy, name="marble_demo_torus"):
+    material, nodes, links = new_material(bpy, name)
     coords = nodes.new("ShaderNodeTexCoord")
     # Hue goes once around the ring (radial gradient of the object coordinates).
     hue = nodes.new("ShaderNodeTexGradient")
@@ -216,20 +173,6 @@ def _configure_render(scene, width, height, samples):
     scene.view_settings.exposure = 0.0
     scene.view_settings.gamma = 1.0
     scene.display_settings.display_device = "sRGB"
-
-
-def normalising_matrix(vertices, diagonal=MESH_DIAGONAL):
-    """4x4 similarity (uniform scale, translation) putting the bounding box of `vertices` (N, 3) at the
-    origin with the given diagonal."""
-    vertices = np.asarray(vertices, dtype=np.float64)
-    lo, hi = vertices.min(axis=0), vertices.max(axis=0)
-    extent = float(np.linalg.norm(hi - lo))
-    if not extent > 0.0:
-        raise ValueError("the mesh has no extent (all its vertices coincide)")
-    scale = diagonal / extent
-    matrix = np.diag([scale, scale, scale, 1.0])
-    matrix[:3, 3] = -scale * 0.5 * (lo + hi)
-    return matrix
 
 
 def torus_subject(bpy, scene):
@@ -518,12 +461,18 @@ def main(argv=None):
                                      samples=args.samples, diagonal=args.diagonal, verbose=True)
     else:
         result = render_dataset(args.out_dir, views=args.views, size=size, samples=args.samples, verbose=True)
-    print(f"[scene] {args.views} views at {size[0]}x{size[1]}, {args.samples} samples in "
-          f"{result['seconds']:.1f} s")
-    print(f"[scene] rig:   {result['transforms']}")
-    print(f"[scene] truth: {result['truth']} ({len(result['vertices'])} vertices, "
-          f"{len(result['faces'])} triangles, bbox diagonal {result['bbox_diagonal']:.4f})")
+    report("scene", f"{args.views} views at {size[0]}x{size[1]}, {args.samples} samples", result, [
+        ("rig:  ", result["transforms"]),
+        ("truth:", f"{result['truth']} ({len(result['vertices'])} vertices, {len(result['faces'])} triangles, "
+                   f"bbox diagonal {result['bbox_diagonal']:.4f})")])
     return 0
+
+
+def report(tag, what, result, lines):
+    """The generators' closing lines: what was rendered in how long, then one line per output."""
+    print(f"[{tag}] {what} in {result['seconds']:.1f} s")
+    for label, text in lines:
+        print(f"[{tag}] {label} {text}")
 
 
 if __name__ == "__main__":

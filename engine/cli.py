@@ -5,7 +5,6 @@ Python without torch or numpy, and `train` there must still print an error event
 The flags' choices and ranges come from engine.config.
 """
 import argparse
-import math
 import os
 import sys
 import traceback
@@ -20,7 +19,8 @@ def parse_args(argv):
     parser = argparse.ArgumentParser(prog="python -m engine", description="Marble's reconstruction engine.")
     sub = parser.add_subparsers(dest="command", required=True)
     train = sub.add_parser("train", help="train on a rig and write the job's mesh")
-    train.add_argument("--data", required=True, help="transforms.json, or a folder holding one")
+    train.add_argument("--data", required=True,
+                       help="the rig: transforms.json, a COLMAP model, cameras_sphere.npz, or a folder holding one")
     train.add_argument("--out", required=True, help="job directory (created)")
     train.add_argument("--preset", choices=presets, default="cpu")
     train.add_argument("--iterations", type=int, help="training steps (default: the preset's)")
@@ -115,37 +115,26 @@ def run_train(args, out):
     import torch  # the engine's heavy imports happen after the job exists, so errors are reported
 
     from .io.rig import load_rig
-    from .train.dynamic import SequenceTrainer, select_frames
-    from .train.trainer import Cancelled, Trainer, resolve_device, write_config
+    from .session import Session
+    from .train.dynamic import SequenceTrainer
+    from .train.trainer import Cancelled, Trainer, write_config
     cfg = resolve_config(args)
-    if args.region is not None and not (all(map(math.isfinite, args.region)) and args.region[3] > 0):
-        raise InputError(f"--region needs a centre and a positive radius, got {args.region}")
     rig = load_rig(args.data)
-    sequence = {}
-    if rig.is_dynamic:
-        frames = select_frames(rig, cfg.dynamic.frames)
-        sequence = {"dynamic": True, "frames": frames, "coordinates": cfg.dynamic.coordinates}
-    elif cfg.dynamic.frames:
-        raise InputError(f"--frames {cfg.dynamic.frames}: {rig.path} is not a dynamic rig (it has one frame)")
-    device = resolve_device(cfg.device)
-    from .nn.backends import checked_backend, resolve_backend
-    resolve_backend(cfg.backend, device, cfg.encoding.features)  # a bad choice fails before the job exists
+    session = Session.open(cfg, rig, args.out, region=args.region)
     os.makedirs(args.out, exist_ok=True)
     out.attach(args.out)
     write_config(args.out, cfg)
     torch.set_num_threads(max(1, os.cpu_count() or 1))
     # The kernels run once before the job starts; a backend that fails here gives way to torch (with a
     # warning event), and the job trains with what `started` names.
-    backend, half_table = checked_backend(cfg.backend, device, cfg.encoding, cfg.network.sdf_hidden, out.warn)
-    cfg.backend = backend
-    out.emit(protocol.STARTED, config=cfg.to_dict(), device=device, backend=backend, half_table=half_table,
-             job=os.path.abspath(args.out), data=rig.path, views=len(rig.views), **sequence)
-    out.log(f"training {rig.path} ({len(rig.views)} views) with preset {cfg.preset} on {device}, "
+    session.check_backend(out.warn)
+    out.emit(protocol.STARTED, **session.started_fields())
+    out.log(f"training {rig.path} ({len(rig.views)} views) with preset {cfg.preset} on {session.device}, "
             f"{cfg.train.iterations} iterations, into {os.path.abspath(args.out)}")
     cancel = CancelWatch()
-    kind = SequenceTrainer if sequence else Trainer
+    kind = SequenceTrainer if session.dynamic else Trainer
     try:
-        outputs = kind(cfg, rig, args.out, out, cancel.requested, region=args.region).run(resume=args.resume)
+        outputs = kind(session, out, cancel.requested).run(resume=args.resume)
     except Cancelled:
         return protocol.EXIT_CANCELLED
     finally:
@@ -158,20 +147,22 @@ def load_job(job, out):
     """A Trainer restored from a finished (or cancelled) job's last checkpoint."""
     from .config import Config
     from .io.rig import load_rig
+    from .session import Session
+    from .train.checkpoints import latest_checkpoint
     from .train.trainer import Trainer
     if not os.path.isfile(os.path.join(job, protocol.CONFIG_FILE)):
         raise InputError(f"{job}: not a job directory (no {protocol.CONFIG_FILE})")
     cfg = Config.from_dict(_read_json(os.path.join(job, protocol.CONFIG_FILE)))
     events = protocol.read_events(os.path.join(job, protocol.EVENTS_FILE))
     data = next((e["data"] for e in events if e["event"] == protocol.STARTED), None)
-    latest = Trainer.latest_checkpoint(job)
+    latest = latest_checkpoint(job)
     if data is None or latest is None:
         raise InputError(f"{job}: the job has no checkpoint yet")
     if any(e["event"] == protocol.STARTED and e.get("dynamic") for e in events):
         raise InputError(f"{job}: a dynamic job; its meshes are written frame by frame as it trains "
                          f"({protocol.MESHES_DIR}/), and extract and evaluate work on static jobs")
     out.attach(job)
-    trainer = Trainer(cfg, load_rig(data), job, out)
+    trainer = Trainer(Session.checked(cfg, load_rig(data), job, out.warn), out)
     trainer.load()
     trainer.load_checkpoint(latest)
     return trainer

@@ -224,41 +224,41 @@ class Config:
                    dynamic=DynamicConfig(**data.get("dynamic", {})))
 
 
+# Each preset's fields that differ from the dataclasses' defaults, section by section.
+PRESET_FIELDS = {
+    "cpu": {
+        "encoding": dict(levels=10, features=2, log2_table=15, base_resolution=16, finest_resolution=256),
+        "network": dict(sdf_hidden=64, sdf_layers=1, color_hidden=64, color_layers=2),
+        "render": dict(samples_per_ray=128, occupancy_resolution=64, early_stop=1e-3),
+        "train": dict(iterations=1000, rays_per_batch=512, start_levels=4, level_every=50),
+        "mesh": dict(resolution=256),
+        "dynamic": dict(frame_iterations=300, prediction_iterations=200)},
+    "fast": {  # NeuS2
+        "encoding": dict(levels=14, features=2, log2_table=19, base_resolution=16, finest_resolution=2048),
+        "network": dict(sdf_hidden=64, sdf_layers=1, color_hidden=64, color_layers=2),
+        "render": dict(samples_per_ray=512, occupancy_resolution=128, early_stop=1e-3),
+        "train": dict(iterations=15000, rays_per_batch=4096, target_samples=2 ** 18, start_levels=4, level_every=50),
+        "mesh": dict(resolution=512),
+        "dynamic": dict(frame_iterations=2000, prediction_iterations=300)},
+    "quality": {  # Neuralangelo
+        "encoding": dict(levels=16, features=8, log2_table=22, base_resolution=32, finest_resolution=2048),
+        "network": dict(sdf_hidden=256, sdf_layers=1, color_hidden=256, color_layers=4),
+        "render": dict(samples_per_ray=1024, occupancy_resolution=128, early_stop=1e-3),
+        "train": dict(iterations=100000, rays_per_batch=4096, target_samples=2 ** 18, start_levels=4,
+                      level_every=5000, curvature_weight=5e-4, grid_weight_decay=1e-2),
+        "mesh": dict(resolution=1024),
+        "dynamic": dict(frame_iterations=5000, prediction_iterations=500)},
+}
+assert tuple(PRESET_FIELDS) == tuple(PRESETS)
+
+
 def preset(name):
     """The named preset's Config: 'fast' (NeuS2), 'quality' (Neuralangelo), 'cpu' (a laptop core)."""
-    if name == "fast":
-        return Config(
-            preset="fast",
-            encoding=HashGridConfig(levels=14, features=2, log2_table=19, base_resolution=16,
-                                    finest_resolution=2048),
-            network=NetworkConfig(sdf_hidden=64, sdf_layers=1, color_hidden=64, color_layers=2),
-            render=RenderConfig(samples_per_ray=512, occupancy_resolution=128, early_stop=1e-3),
-            train=TrainConfig(iterations=15000, rays_per_batch=4096, target_samples=2 ** 18, start_levels=4,
-                              level_every=50),
-            mesh=MeshConfig(resolution=512),
-            dynamic=DynamicConfig(frame_iterations=2000, prediction_iterations=300))
-    if name == "quality":
-        return Config(
-            preset="quality",
-            encoding=HashGridConfig(levels=16, features=8, log2_table=22, base_resolution=32,
-                                    finest_resolution=2048),
-            network=NetworkConfig(sdf_hidden=256, sdf_layers=1, color_hidden=256, color_layers=4),
-            render=RenderConfig(samples_per_ray=1024, occupancy_resolution=128, early_stop=1e-3),
-            train=TrainConfig(iterations=100000, rays_per_batch=4096, target_samples=2 ** 18, start_levels=4,
-                              level_every=5000, curvature_weight=5e-4, grid_weight_decay=1e-2),
-            mesh=MeshConfig(resolution=1024),
-            dynamic=DynamicConfig(frame_iterations=5000, prediction_iterations=500))
-    if name == "cpu":
-        return Config(
-            preset="cpu",
-            encoding=HashGridConfig(levels=10, features=2, log2_table=15, base_resolution=16,
-                                    finest_resolution=256),
-            network=NetworkConfig(sdf_hidden=64, sdf_layers=1, color_hidden=64, color_layers=2),
-            render=RenderConfig(samples_per_ray=128, occupancy_resolution=64, early_stop=1e-3),
-            train=TrainConfig(iterations=1000, rays_per_batch=512, start_levels=4, level_every=50),
-            mesh=MeshConfig(resolution=256),
-            dynamic=DynamicConfig(frame_iterations=300, prediction_iterations=200))
-    raise InputError(f"unknown preset {name!r}: choose cpu, fast or quality")
+    if name not in PRESET_FIELDS:
+        raise InputError(f"unknown preset {name!r}: choose {', '.join(PRESETS)}")
+    kinds = {f.name: f.default_factory for f in dataclasses.fields(Config) if f.name in SECTIONS}
+    return Config(preset=name, **{section: kinds[section](**values)
+                                  for section, values in PRESET_FIELDS[name].items()})
 
 
 def parse_frames(text):

@@ -3,45 +3,27 @@
 import os
 
 import bpy
-from bpy_extras.io_utils import ImportHelper
 
-from ..addon import scene as builders
+from ..addon.build import mesh as meshes
+from .files import ResultImport, meshes_folder, rig_collection
 
 
-class MARBLE_OT_import_mesh(bpy.types.Operator, ImportHelper):
+class MARBLE_OT_import_mesh(bpy.types.Operator, ResultImport):
     """Import a reconstructed mesh (PLY) into the rig's collection; it lines up with the rig's cameras"""
     bl_idname = "marble.import_mesh"
     bl_label = "Import Mesh"
-    bl_options = {'REGISTER', 'UNDO'}
-
     filename_ext = ".ply"
     filter_glob: bpy.props.StringProperty(default="*.ply", options={'HIDDEN'})
+    missing = "No such mesh file"
 
-    def invoke(self, context, event):
-        # Start the browser in the last job's meshes folder when there is one.
-        job_dir = context.window_manager.marble_job.job_dir
-        meshes = os.path.join(job_dir, "meshes") if job_dir else ""
-        if meshes and os.path.isdir(meshes) and not self.filepath:
-            self.filepath = os.path.join(meshes, "")
-        return ImportHelper.invoke(self, context, event)
+    def start_file(self, context):
+        # The last job's meshes folder when there is one.
+        folder = meshes_folder(context.window_manager.marble_job.job_dir)
+        return os.path.join(folder, "") if folder else ""
 
-    def execute(self, context):
-        path = os.path.abspath(bpy.path.abspath(self.filepath)) if self.filepath else ""
-        if not path or not os.path.isfile(path):
-            self.report({'ERROR'}, f"No such mesh file: {path or '(none given)'}")
-            return {'CANCELLED'}
-        collection = context.scene.marble.rig_collection
-        if collection is None or collection not in context.scene.collection.children_recursive:
-            collection = context.collection or context.scene.collection
-        try:
-            obj = builders.build_mesh(path, collection)
-        except builders.MeshError as exc:
-            self.report({'ERROR'}, str(exc))
-            return {'CANCELLED'}
-        builders.show_color_attributes(context.window_manager)
-        self.report({'INFO'}, f"Imported '{obj.name}': {len(obj.data.vertices)} vertices, "
-                              f"{len(obj.data.polygons)} faces")
-        return {'FINISHED'}
+    def load(self, context, path):
+        obj = meshes.build_mesh(path, rig_collection(context, context.collection or context.scene.collection))
+        return f"Imported '{obj.name}': {len(obj.data.vertices)} vertices, {len(obj.data.polygons)} faces"
 
 
 CLASSES = (MARBLE_OT_import_mesh,)

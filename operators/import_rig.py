@@ -5,7 +5,7 @@ import os
 import bpy
 from bpy_extras.io_utils import ImportHelper
 
-from ..addon import scene as builders
+from ..addon.build import rig as rig_build
 from ..engine.io import rig as rigs
 
 FILTER = "*.json;*.npz;*.txt;*.bin"
@@ -45,7 +45,7 @@ class MARBLE_OT_import_rig(bpy.types.Operator, ImportHelper):
         # Read and check everything before creating any Blender data; build_rig cleans up after itself.
         try:
             rig = rigs.load_rig(path)
-            built = builders.build_rig(rig, context.scene, background_images=self.background_images)
+            built = rig_build.build_rig(rig, context.scene, background_images=self.background_images)
         except (rigs.RigError, ValueError, OSError) as exc:
             self.report({'ERROR'}, str(exc))
             return {'CANCELLED'}
@@ -55,7 +55,7 @@ class MARBLE_OT_import_rig(bpy.types.Operator, ImportHelper):
         settings.region = built.region
         for warning in built.warnings:
             self.report({'WARNING'}, warning)
-        frames = built.collection.get(builders.PROP_FRAME_COUNT, 1)
+        frames = built.collection.get(rig_build.PROP_FRAME_COUNT, 1)
         what = f"{len(built.cameras)} cameras" + (f" over {frames} frames" if frames > 1 else "")
         self.report({'INFO'}, f"Imported {what} into '{built.collection.name}'")
         return {'FINISHED'}

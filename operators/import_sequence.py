@@ -3,53 +3,42 @@
 import os
 
 import bpy
-from bpy_extras.io_utils import ImportHelper
 
-from ..addon import jobs
+from ..addon.build import mesh as meshes
+from ..addon.build import sequence as sequences
+from ..addon.jobs import command as commands
 from ..engine.io import sequence as sequence_io
-from ..addon import scene as builders
-from ..addon import sequence as sequences
+from .files import ResultImport, meshes_folder, rig_collection
 
 
-class MARBLE_OT_import_sequence(bpy.types.Operator, ImportHelper):
+class MARBLE_OT_import_sequence(bpy.types.Operator, ResultImport):
     """Import the meshes of a dynamic job (its meshes/sequence.json) as one object per frame, each shown
     only from its frame until the next one, in the rig's collection"""
     bl_idname = "marble.import_sequence"
     bl_label = "Import Sequence"
-    bl_options = {'REGISTER', 'UNDO'}
-
     filename_ext = ".json"
     filter_glob: bpy.props.StringProperty(default="*.json", options={'HIDDEN'})
+    missing = "No such sequence file"
+    errors = (sequence_io.SequenceError, meshes.MeshError, ValueError, OSError)
 
-    def invoke(self, context, event):
-        # Start the browser at the last job's sequence (or its meshes folder) when there is one.
-        job_dir = jobs.shown_job_dir(context)
-        meshes = os.path.join(job_dir, "meshes") if job_dir else ""
-        if meshes and os.path.isdir(meshes) and not self.filepath:
-            candidate = os.path.join(meshes, sequence_io.SEQUENCE_FILE)
-            self.filepath = candidate if os.path.isfile(candidate) else os.path.join(meshes, "")
-        return ImportHelper.invoke(self, context, event)
+    def start_file(self, context):
+        # The last job's sequence (or its meshes folder) when there is one.
+        folder = meshes_folder(commands.shown_job_dir(context))
+        if not folder:
+            return ""
+        candidate = os.path.join(folder, sequence_io.SEQUENCE_FILE)
+        return candidate if os.path.isfile(candidate) else os.path.join(folder, "")
 
-    def execute(self, context):
-        path = os.path.abspath(bpy.path.abspath(self.filepath)) if self.filepath else ""
-        if not path or not os.path.exists(path):
-            self.report({'ERROR'}, f"No such sequence file: {path or '(none given)'}")
-            return {'CANCELLED'}
-        collection = context.scene.marble.rig_collection
-        if collection is None or collection not in context.scene.collection.children_recursive:
-            collection = context.scene.collection
+    def exists(self, path):
+        return os.path.exists(path)  # a job folder holding one is fine too
+
+    def load(self, context, path):
         # Everything is read and checked before anything is created; build_sequence cleans up after itself.
-        try:
-            sequence = sequence_io.read_sequence(path)
-            built = sequences.build_sequence(sequence, sequence.name, collection, context.scene)
-        except (sequence_io.SequenceError, builders.MeshError, ValueError, OSError) as exc:
-            self.report({'ERROR'}, str(exc))
-            return {'CANCELLED'}
-        builders.show_color_attributes(context.window_manager)
+        sequence = sequence_io.read_sequence(path)
+        built = sequences.build_sequence(sequence, sequence.name, rig_collection(context, context.scene.collection),
+                                         context.scene)
         frames = [obj[sequences.PROP_FRAME] for obj in built.objects]
-        self.report({'INFO'}, f"Imported {len(frames)} frames ({frames[0]} to {frames[-1]}) into "
-                              f"'{built.collection.name}'")
-        return {'FINISHED'}
+        return f"Imported {len(frames)} frames ({frames[0]} to {frames[-1]}) into '{built.collection.name}'"
 
 
 CLASSES = (MARBLE_OT_import_sequence,)

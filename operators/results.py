@@ -4,7 +4,7 @@ import os
 
 import bpy
 
-from ..addon import jobs
+from ..addon.jobs import command as commands
 from ..engine.io import protocol
 
 
@@ -14,7 +14,7 @@ class MARBLE_OT_open_job_folder(bpy.types.Operator):
     bl_label = "Open Job Folder"
 
     def execute(self, context):
-        job_dir = jobs.shown_job_dir(context)
+        job_dir = commands.shown_job_dir(context)
         if not job_dir or not os.path.isdir(job_dir):
             self.report({'ERROR'}, f"No job folder to open{': ' + job_dir if job_dir else ''}")
             return {'CANCELLED'}
@@ -47,7 +47,7 @@ class MARBLE_OT_show_curves(bpy.types.Operator):
     bl_label = "Show Curves"
 
     def execute(self, context):
-        job_dir = jobs.shown_job_dir(context)
+        job_dir = commands.shown_job_dir(context)
         path = os.path.join(job_dir, protocol.CURVES_FILE) if job_dir else ""
         if not path or not os.path.isfile(path):
             self.report({'ERROR'}, f"No curves yet{': ' + path if path else ''} (the engine draws them at "

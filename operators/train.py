@@ -3,6 +3,18 @@
 import bpy
 
 from ..addon import jobs
+from ..addon.jobs import command as commands
+
+
+def start(operator, context, resume, started):
+    """Start (or resume) the scene's job; `started`: the report, before the job's folder."""
+    try:
+        job = jobs.start(context, resume=resume)
+    except jobs.JobError as exc:
+        operator.report({'ERROR'}, str(exc))
+        return {'CANCELLED'}
+    operator.report({'INFO'}, f"{started} {job.job_dir}")
+    return {'FINISHED'}
 
 
 class MARBLE_OT_train(bpy.types.Operator):
@@ -11,13 +23,7 @@ class MARBLE_OT_train(bpy.types.Operator):
     bl_label = "Train"
 
     def execute(self, context):
-        try:
-            job = jobs.start(context)
-        except jobs.JobError as exc:
-            self.report({'ERROR'}, str(exc))
-            return {'CANCELLED'}
-        self.report({'INFO'}, f"Training started in {job.job_dir}")
-        return {'FINISHED'}
+        return start(self, context, False, "Training started in")
 
 
 class MARBLE_OT_resume(bpy.types.Operator):
@@ -27,16 +33,10 @@ class MARBLE_OT_resume(bpy.types.Operator):
 
     @classmethod
     def poll(cls, context):
-        return not jobs.is_running() and jobs.resumable_job(context.scene) is not None
+        return not jobs.is_running() and commands.resumable_job(context.scene) is not None
 
     def execute(self, context):
-        try:
-            job = jobs.start(context, resume=True)
-        except jobs.JobError as exc:
-            self.report({'ERROR'}, str(exc))
-            return {'CANCELLED'}
-        self.report({'INFO'}, f"Resuming the job in {job.job_dir}")
-        return {'FINISHED'}
+        return start(self, context, True, "Resuming the job in")
 
 
 class MARBLE_OT_cancel(bpy.types.Operator):

@@ -1,4 +1,5 @@
-"""Shared test setup: a sandboxed Blender user folder, the installed extension, and small file writers.
+"""Shared test setup: a sandboxed Blender user folder, markers by folder, and small file writers
+(tests/addon/conftest.py installs the extension).
 
 The environment is redirected into a temporary folder *before* anything imports bpy: Blender reads
 BLENDER_USER_RESOURCES once, when the module starts, and the tests must not touch the user's own
@@ -6,114 +7,52 @@ Blender configuration, extensions or caches. `python3 build.py test` sets these 
 pytest directly gets a sandbox of its own here.
 """
 import atexit
-import importlib
 import os
 import shutil
 import sys
-import tempfile
-import types
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-SANDBOX_VARS = {"HOME": "home", "XDG_CACHE_HOME": "cache", "XDG_CONFIG_HOME": "config",
-                "XDG_DATA_HOME": "data", "BLENDER_USER_RESOURCES": "blender",
-                "TORCHINDUCTOR_CACHE_DIR": "inductor"}
-
-
-def _sandbox_environment():
-    # Without BLENDER_USER_RESOURCES nobody sandboxed this run: redirect all of them (HOME included,
-    # which is always set). Otherwise only fill in what the caller left unset.
-    everything = "BLENDER_USER_RESOURCES" not in os.environ
-    missing = [name for name in SANDBOX_VARS if everything or name not in os.environ]
-    if not missing:
-        return
-    folder = tempfile.mkdtemp(prefix="marble-tests-")
-    atexit.register(shutil.rmtree, folder, ignore_errors=True)
-    for name in missing:
-        path = os.path.join(folder, SANDBOX_VARS[name])
-        os.makedirs(path, exist_ok=True)
-        os.environ[name] = path
-
-
-assert "bpy" not in sys.modules, "bpy was imported before tests/conftest.py could sandbox Blender's folders"
-_sandbox_environment()
-# Without an NVIDIA GPU, Triton's interpreter runs the GPU kernels on CPU tensors, so CI tests them too.
-# (Read when a kernel is defined: it must be set before engine.nn.hashgrid_triton is imported.)
-if shutil.which("nvidia-smi") is None:
-    os.environ.setdefault("TRITON_INTERPRET", "1")
 if REPO not in sys.path:
     sys.path.insert(0, REPO)
+# pytest imports this file as `tests.conftest` (importlib mode); the tests' `from conftest import ...`
+# must get this same module, not a second copy that would run the sandbox again.
+sys.modules.setdefault("conftest", sys.modules[__name__])
+
+from tools.env import has_nvidia_gpu  # noqa: E402  (standard library only)
+from tools.sandbox import fill_in  # noqa: E402
+
+assert "bpy" not in sys.modules, "bpy was imported before tests/conftest.py could sandbox Blender's folders"
+_sandbox = fill_in()
+if _sandbox:
+    atexit.register(shutil.rmtree, _sandbox, ignore_errors=True)
+HAS_GPU = has_nvidia_gpu()
+# Without an NVIDIA GPU, Triton's interpreter runs the GPU kernels on CPU tensors, so CI tests them too.
+# (Read when a kernel is defined: it must be set before engine.nn.hashgrid_triton is imported.)
+if not HAS_GPU:
+    os.environ.setdefault("TRITON_INTERPRET", "1")
 
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 from rig_files import look_at, write_png  # noqa: E402,F401  (shared with the rig tests)
 
-PACKAGE = "bl_ext.user_default.marble"
 
 
 # ---------------------------------------------------------------------------------------------
-# The installed extension
+# Markers
 
-@pytest.fixture(scope="session")
-def marble_package(tmp_path_factory):
-    """Build the zip with build.py, install and enable it in the sandboxed Blender; yields the package.
-
-    Installed once per session: installing again would reload the modules under the tests' feet.
-    """
-    import bpy
-    import build
-
-    zip_path = build.build_extension(str(tmp_path_factory.mktemp("dist")))
-    if PACKAGE not in bpy.context.preferences.addons:
-        result = bpy.ops.extensions.package_install_files(
-            filepath=zip_path, repo="user_default", enable_on_install=True)
-        assert result == {'FINISHED'}, result
-    assert PACKAGE in bpy.context.preferences.addons, "the extension did not enable"
-    yield PACKAGE
-    jobs = sys.modules.get(PACKAGE + ".addon.jobs")
-    if jobs is not None:
-        jobs.shutdown()
+# Markers by folder: `-m "not bpy"`, `-m "not torch"`.
+FOLDER_MARKERS = {"addon": "bpy", "demo": "bpy", "engine": "torch"}
 
 
-def _reset_job_state(package):
-    import bpy
-
-    jobs = sys.modules.get(package + ".addon.jobs")
-    if jobs is not None:
-        jobs.shutdown(timeout=2.0)
-    for group in ("marble_job", "marble_export"):
-        state = getattr(bpy.context.window_manager, group, None)
-        if state is not None:  # the window manager survives read_homefile, so its job state does too
-            for name in state.bl_rna.properties.keys():
-                if name not in ("rna_type", "name"):
-                    state.property_unset(name)
-    export_operator = getattr(bpy.types, "MARBLE_OT_export_rig", None)
-    if export_operator is not None:
-        export_operator.cancel_requested = export_operator.rendering = False
-
-
-@pytest.fixture
-def marble(marble_package):
-    """A fresh empty scene with the extension enabled; gives the extension's modules and preferences."""
-    import bpy
-
-    _reset_job_state(marble_package)
-    bpy.ops.wm.read_homefile(use_empty=True)  # never read_factory_settings: it disables add-ons
-    prefs = bpy.context.preferences.addons[marble_package].preferences
-    python = prefs.python
-    ns = types.SimpleNamespace(
-        package=marble_package,
-        module=importlib.import_module(marble_package),
-        jobs=importlib.import_module(marble_package + ".addon.jobs"),
-        scene=importlib.import_module(marble_package + ".addon.scene"),
-        region=importlib.import_module(marble_package + ".addon.region"),
-        export=importlib.import_module(marble_package + ".addon.export"),
-        preferences=importlib.import_module(marble_package + ".addon.preferences"),
-        prefs=prefs,
-    )
-    yield ns
-    _reset_job_state(marble_package)
-    if marble_package in bpy.context.preferences.addons:
-        bpy.context.preferences.addons[marble_package].preferences.python = python
+def pytest_collection_modifyitems(config, items):
+    tests = os.path.join(REPO, "tests")
+    for item in items:
+        relative = os.path.relpath(str(item.path), tests).split(os.sep)
+        mark = FOLDER_MARKERS.get(relative[0]) if len(relative) > 1 else None
+        if mark:
+            item.add_marker(mark)
+        if not HAS_GPU and item.get_closest_marker("gpu"):
+            item.add_marker(pytest.mark.skip(reason="needs an NVIDIA CUDA GPU (nvidia-smi finds none)"))
 
 
 # ---------------------------------------------------------------------------------------------

@@ -302,10 +302,10 @@ def fake_cuda(monkeypatch=None):
 
 def main(argv):
     """`python tests/fake_cuda.py [--speed-bench] ARGS...`: the engine's command line (or, with
-    --speed-bench, demo.speed_bench's) with "cuda" the stand-in, in its own process: a CPU-only torch
+    --speed-bench, bench.speed_probe's) with "cuda" the stand-in, in its own process: a CPU-only torch
     aborts the whole process, not just the test, if some path still reaches a real CUDA call."""
     if argv[:1] == ["--speed-bench"]:
-        from demo.speed_bench import main as run
+        from bench.speed_probe import main as run
         argv = argv[1:]
     else:
         from engine.cli import main as run

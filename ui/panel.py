@@ -6,9 +6,11 @@ import textwrap
 import bpy
 
 from ..addon import jobs
+from ..addon.build import region as regions
+from ..addon.build import rig as rig_build
+from ..addon.jobs import command as commands
+from ..addon.jobs import reducer
 from ..engine.io import sequence as sequence_io
-from ..addon import region as regions
-from ..addon import scene as builders
 
 ACTIVE_STATES = {'running', 'cancelling'}
 EXPORT_ICONS = {'running': 'RENDER_STILL', 'cancelled': 'CANCEL', 'failed': 'ERROR', 'done': 'CHECKMARK'}
@@ -31,13 +33,13 @@ def frame_text(job):
     """"Frame F (k+1 of N)" for a dynamic job's frame in training; "" for a static job."""
     if not job.dynamic or job.frame < 0:
         return ""
-    position = jobs.frame_position(job)
+    position = reducer.frame_position(job)
     return f"Frame {job.frame}" + (f" ({position})" if position else "")
 
 
 def phase_text(job):
     """What the dynamic job does within its frame, for the panel; "" when unknown or static."""
-    return jobs.PHASES.get(job.phase, "").capitalize() if job.dynamic else ""
+    return reducer.PHASES.get(job.phase, "").capitalize() if job.dynamic else ""
 
 
 def stage_text(job):
@@ -53,7 +55,7 @@ def job_sequence(context):
     job = context.window_manager.marble_job
     if job.sequence_path and os.path.isfile(bpy.path.abspath(job.sequence_path)):
         return os.path.abspath(bpy.path.abspath(job.sequence_path))
-    job_dir = jobs.shown_job_dir(context)
+    job_dir = commands.shown_job_dir(context)
     path = sequence_io.sequence_path(job_dir) if job_dir else ""
     return path if path and os.path.isfile(path) else ""
 
@@ -111,15 +113,13 @@ class MARBLE_PT_main(MarblePanel, bpy.types.Panel):
 
 class MARBLE_PT_rig(MarbleSubPanel, bpy.types.Panel):
     bl_label = "Rig"
-    bl_idname = "MARBLE_PT_rig"
     header_icon = 'OUTLINER_OB_CAMERA'
 
     def draw(self, context):
-        layout = self.layout
-        settings = context.scene.marble
+        layout, settings = self.layout, context.scene.marble
         collection = settings.rig_collection
         if collection is not None:
-            cameras, frames = builders.rig_summary(collection)
+            cameras, frames = rig_build.rig_summary(collection)
             layout.label(text=f"{collection.name}: {cameras} cameras, {frames} frame{'s' if frames != 1 else ''}")
         elif settings.rig_path:
             layout.label(text=bpy.path.basename(settings.rig_path))
@@ -135,12 +135,10 @@ class MARBLE_PT_rig(MarbleSubPanel, bpy.types.Panel):
 
 class MARBLE_PT_train(MarbleSubPanel, bpy.types.Panel):
     bl_label = "Train"
-    bl_idname = "MARBLE_PT_train"
     header_icon = 'MOD_REMESH'
 
     def draw(self, context):
-        layout = self.layout
-        settings = context.scene.marble
+        layout, settings = self.layout, context.scene.marble
         running = jobs.is_running()
         col = layout.column()
         col.enabled = not running
@@ -167,7 +165,6 @@ class MARBLE_PT_train(MarbleSubPanel, bpy.types.Panel):
 
 class MARBLE_PT_job(MarbleSubPanel, bpy.types.Panel):
     bl_label = "Job"
-    bl_idname = "MARBLE_PT_job"
 
     @classmethod
     def poll(cls, context):
@@ -212,7 +209,6 @@ class MARBLE_PT_job(MarbleSubPanel, bpy.types.Panel):
 
 class MARBLE_PT_results(MarbleSubPanel, bpy.types.Panel):
     bl_label = "Results"
-    bl_idname = "MARBLE_PT_results"
     header_icon = 'MESH_DATA'
 
     def draw(self, context):

@@ -1,7 +1,7 @@
 """The engine's event schema and job-directory layout (standard library only).
 
 The engine prints one JSON object per line on stdout; the add-on reads them. Both sides import this
-module, so the names below are the single source of truth for the contract in DESIGN.md.
+module, so the names below are the single source of truth for the contract in docs/design.md.
 """
 import json
 import math
@@ -9,20 +9,23 @@ import os
 
 # Every event has "event" (one of these) and "t" (seconds since the engine started).
 # Dynamic jobs (a rig with several frames) add the fields after the semicolons.
-STARTED = "started"      # config (resolved dict), device, backend, job; dynamic (true), frames [F...], coordinates
-STAGE = "stage"          # name: one of STAGES; "frame" has frame, index, count; "predict" and "extract" frame
+STARTED = "started"      # config (resolved dict), device, backend, half_table, job, data (the rig file), views;
+                         # dynamic (true), frames [F...], coordinates
+STAGE = "stage"          # name: one of STAGES; "train" has region {center, radius} (and frame, after a later
+                         # frame's prediction); "frame" has frame, index, count; "predict" and "extract" frame
 PROGRESS = "progress"    # iteration, total, loss, losses {term: value}, psnr, eta_s, frame (None for a static
-                         # job), it_per_s, rays (rays in the batch of the step just done), samples (samples
+                         # job), levels (active hash-grid levels), inv_s (NeuS sharpness), it_per_s, rays (rays in the batch of the step just done), samples (samples
                          # that step evaluated with gradients: normals, colour, backward; rays x samples
                          # per ray after empty-space skipping and early termination); frame_index,
                          # frame_count, phase ("predict" | "train"), sequence_progress (0-1);
                          # iteration/total count within the frame's phase, eta_s is for the whole job
-PREVIEW = "preview"      # path of a coarse mesh written during training
-MESH = "mesh"            # path, frame (None for a static job); iteration, loss, seconds (the frame's),
+PREVIEW = "preview"      # path of a coarse mesh written during training, iteration
+MESH = "mesh"            # path, frame (None for a static job), vertices, faces; iteration, loss, seconds (the frame's),
                          # world_from_canonical (4x4 rows), coordinates, sequence (sequence.json, rewritten)
 WARNING = "warning"      # message
 ERROR = "error"          # message a user can act on
-DONE = "done"            # outputs {"mesh": path}; dynamic: {"sequence": path, "meshes": folder, "frames": N}
+DONE = "done"            # outputs {"mesh": path}; dynamic: {"sequence": path, "meshes": folder, "frames": N};
+                         # evaluate: {"eval": folder, "psnr", "mask_iou"}; curves: {"curves": path}
 CANCELLED = "cancelled"  # checkpoint (path or None), iteration; dynamic: frame
 EVENT_KINDS = (STARTED, STAGE, PROGRESS, PREVIEW, MESH, WARNING, ERROR, DONE, CANCELLED)
 FINAL_EVENTS = (DONE, ERROR, CANCELLED)

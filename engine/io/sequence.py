@@ -57,7 +57,7 @@ def find_sequence_file(path):
     """The sequence.json for `path`: the file itself, or a folder's sequence.json or meshes/sequence.json
     (so a job folder works too)."""
     if os.path.isdir(path):
-        for candidate in (os.path.join(path, SEQUENCE_FILE), os.path.join(path, "meshes", SEQUENCE_FILE)):
+        for candidate in (os.path.join(path, SEQUENCE_FILE), os.path.join(path, MESHES_DIR, SEQUENCE_FILE)):
             if os.path.isfile(candidate):
                 return candidate
         raise SequenceError(f"{path}: no {SEQUENCE_FILE} in this folder or in its meshes folder")
@@ -69,7 +69,7 @@ def sequence_name(path):
     when the stem is just 'sequence'."""
     folder, base = os.path.split(os.path.abspath(path))
     stem = os.path.splitext(base)[0]
-    if os.path.basename(folder) == "meshes" and os.path.basename(os.path.dirname(folder)):
+    if os.path.basename(folder) == MESHES_DIR and os.path.basename(os.path.dirname(folder)):
         return os.path.basename(os.path.dirname(folder))
     if stem != "sequence" or not os.path.basename(folder):
         return stem or "sequence"

@@ -69,7 +69,7 @@ def resolve_backend(requested, device, features=2):
 
 def kernel_problem(backend, device, features=2, sdf_hidden=None, half_table=False):
     """None when `backend`'s kernels compile and agree with the torch reference on `device`, else why
-    not, in words. Only Triton on CUDA is checked (engine.nn.hashgrid_triton.self_check: a few seconds the
+    not, in words. Only Triton on CUDA is checked (engine.nn.kernel_check.self_check: a few seconds the
     first time, then Triton's cache): interpreted Triton is a test tool, torch is the reference, and
     tiny-cuda-nn is compiled when it is installed."""
     if backend != "triton" or device != "cuda":
@@ -83,7 +83,7 @@ def _triton_problem(features, sdf_hidden, half_table):
     starts, the trainer again when it builds the model)."""
     device = "cuda"
     try:
-        from .hashgrid_triton import self_check
+        from .kernel_check import self_check
         self_check(device, features, sdf_hidden, half_table)
     except Exception as exc:  # a compiler error, a driver error, a wrong result: the kernels are unusable here
         first_line = (str(exc).strip().splitlines() or [""])[0][:300]

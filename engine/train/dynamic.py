@@ -15,13 +15,15 @@ import numpy as np
 import torch
 
 from ..io import protocol
-from ..config import InputError, parse_frames
+from ..config import InputError
 from ..data import RayDataset
 from .motion import axis_angle_to_matrix, compose, from_canonical, matrix_to_axis_angle, to_canonical, world_from_canonical
 from ..io.ply import write_ply
 from ..io.sequence import sequence_path, write_sequence
 from ..render import OccupancyGrid
-from .trainer import Trainer, active_levels, numerical_step, region_grid
+from .checkpoints import latest_checkpoint
+from .schedules import active_levels, numerical_step
+from .trainer import Trainer, region_grid
 
 # Global transformation prediction (SequenceTrainer.predict_motion): Adam on the motion, its learning
 # rate warmed up over PREDICTION_WARMUP steps, in windows of PREDICTION_WINDOW steps; the learning rate
@@ -38,16 +40,6 @@ PROBE_BATCHES = 4
 PROBE, STEPS = 1, 2      # purposes of the prediction's seeded generators
 
 
-def select_frames(rig, spec):
-    """The rig's frame numbers within `spec` (dynamic.frames / --frames), sorted; InputError when none."""
-    first, last = parse_frames(spec) if spec else (None, None)
-    frames = [f for f in rig.frames if (first is None or f >= first) and (last is None or f <= last)]
-    if not frames:
-        raise InputError(f"--frames {spec}: the rig {rig.path} has no frame in that range "
-                         f"(its frames: {rig.frames[0]} to {rig.frames[-1]})")
-    return frames
-
-
 def orthonormal(rotation):
     """The rotation nearest to a 3x3 matrix (keeps a long chain of products a rotation)."""
     u, _, vt = np.linalg.svd(rotation)
@@ -61,10 +53,9 @@ def orthonormal(rotation):
 class SequenceTrainer(Trainer):
     """Trains the frames of a dynamic rig one after another (see the module's docstring)."""
 
-    def __init__(self, cfg, rig, job_dir, emitter, cancel=None, region=None):
-        super().__init__(cfg, rig, job_dir, emitter, cancel, region)
-        self.source_views = list(rig.views)
-        self.frames = select_frames(rig, cfg.dynamic.frames)
+    def __init__(self, session, emitter, cancel=None):
+        super().__init__(session, emitter, cancel)
+        self.frames = list(session.frames)
         self.index = 0                                  # position in self.frames of the frame in hand
         self.phase = "train"                            # "predict" until a later frame's motion is known
         self.rotation, self.translation = np.eye(3), np.zeros(3)    # this frame's canonical transform
@@ -121,13 +112,13 @@ class SequenceTrainer(Trainer):
         return {"iteration": iteration, "frame": self.frame if self.index < len(self.frames) else None}
 
     # -- data of one frame -----------------------------------------------------------------------
-    def select_views(self, views):
-        return super().select_views([v for v in self.source_views if v.frame == self.frame])
+    def training_views(self):
+        return self.session.views(self.out, frame=self.frame)
 
     def load_frame(self, index):
         """Make frame `index` the one in hand: its views (same region, same normalisation)."""
         self.index = index
-        self.rig.views, self.held_out = self.select_views(None)
+        self.rig.views, self.held_out = self.training_views()
         self.data = RayDataset(self.rig, background=self.cfg.render.background, normalization=self.data.normalization,
                                downscale=self.cfg.data.downscale, use_masks=self.cfg.data.use_masks)
 
@@ -190,7 +181,7 @@ class SequenceTrainer(Trainer):
         total = 0.0
         with torch.no_grad():
             for _ in range(PROBE_BATCHES):
-                batch = tuple(None if t is None else t.to(self.device) for t in self.data.sample(self.rays, generator))
+                batch = tuple(None if t is None else t.to(self.device) for t in self.data.sample(self.batch.rays, generator))
                 total += float(self.prediction_loss(axis_angle, translation, batch, generator))
         return total / PROBE_BATCHES
 
@@ -251,7 +242,7 @@ class SequenceTrainer(Trainer):
             if step < PREDICTION_WARMUP:
                 for group in optimizer.param_groups:
                     group["lr"] = lr * (step + 1) / PREDICTION_WARMUP
-            batch = tuple(None if t is None else t.to(self.device) for t in self.data.sample(self.rays, generator))
+            batch = tuple(None if t is None else t.to(self.device) for t in self.data.sample(self.batch.rays, generator))
             value = self.prediction_loss(axis_angle, translation, batch, generator)
             optimizer.zero_grad(set_to_none=True)
             value.backward()
@@ -366,7 +357,7 @@ class SequenceTrainer(Trainer):
         self.out.log(f"dynamic rig: {len(self.frames)} frames ({self.frames[0]} to {self.frames[-1]}), "
                      f"{tc.iterations} steps for the first, {self.cfg.dynamic.frame_iterations} for each next; "
                      f"global transformation prediction {'on' if self.prediction_steps() else 'off'}")
-        latest = self.latest_checkpoint(self.job_dir) if resume else None
+        latest = latest_checkpoint(self.job_dir) if resume else None
         if latest is None:
             if resume:
                 self.out.warn("--resume: the job has no checkpoint yet; starting from the beginning")

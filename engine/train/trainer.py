@@ -1,6 +1,5 @@
 """Static-scene training: NeuS volume rendering of a hash-grid SDF, with progressive levels,
 numerical gradients, eikonal/curvature/mask losses, checkpoints, cancel and resume."""
-import glob
 import math
 import os
 import time
@@ -8,60 +7,20 @@ import time
 import numpy as np
 import torch
 
-from ..io import protocol
-from ..nn.backends import checked_backend
-from ..config import Config, InputError
-from ..data import Normalization, RayDataset, carve
-from ..io.rig import RigError
+from ..data import RayDataset, carve
 from ..extract import extract_mesh, largest_component
+from ..io import protocol
+from ..io.ply import write_ply
 from ..nn.model import SDFModel
 from ..nn.precision import mixed_precision_dtype
-from ..io.ply import write_ply
 from ..render import OccupancyGrid, render_rays
+from .checkpoints import latest_checkpoint, load_checkpoint, save_checkpoint
+from .losses import training_losses
+from .schedules import AdaptiveBatch, active_levels, learning_rate_factor, numerical_step
 
 
 class Cancelled(Exception):
     pass
-
-
-MIN_RAYS = 64            # the adaptive batch never draws fewer rays (nor more than train.max_rays)
-BATCH_SMOOTHING = 0.9    # weight of the past in the adaptive batch's samples per ray
-
-
-def resolve_device(name):
-    if name in ("auto", None):
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    if name == "cuda" and not torch.cuda.is_available():
-        raise InputError("--device cuda was asked for, but this Python's torch sees no CUDA GPU "
-                         f"(torch {torch.__version__}); use --device cpu")
-    return name
-
-
-def learning_rate_factor(step, cfg):
-    """Linear warm-up, then exponential decay to final_lr_factor at the last step."""
-    if step < cfg.warmup_iters:
-        return (step + 1) / cfg.warmup_iters
-    progress = (step - cfg.warmup_iters) / max(1, cfg.iterations - cfg.warmup_iters)
-    return cfg.final_lr_factor ** min(1.0, progress)
-
-
-def active_levels(step, cfg, levels):
-    return min(levels, cfg.train.start_levels + step // max(1, cfg.train.level_every))
-
-
-def numerical_step(step, cfg, resolutions):
-    """Neuralangelo's step eps of the numerical gradient, in normalised units: the cell of the coarsest
-    level at step 0, shrinking exponentially to the cell of the finest level by the step the last level
-    opens; never finer than the finest active level's cell."""
-    levels = len(resolutions)
-    all_open = (levels - min(cfg.train.start_levels, levels)) * max(1, cfg.train.level_every)
-    level = levels - 1.0 if all_open == 0 else min(1.0, step / all_open) * (levels - 1)
-    level = min(level, active_levels(step, cfg, levels) - 1)
-    lower = int(math.floor(level))
-    upper = min(lower + 1, levels - 1)
-    frac = level - lower
-    resolution = math.exp((1 - frac) * math.log(resolutions[lower]) + frac * math.log(resolutions[upper]))
-    return 2.0 / resolution
 
 
 def region_grid(dataset, resolution, to_views=None):
@@ -81,47 +40,37 @@ def region_grid(dataset, resolution, to_views=None):
 
 
 class Trainer:
-    def __init__(self, cfg: Config, rig, job_dir, emitter, cancel=None, region=None):
-        self.cfg, self.rig, self.job_dir, self.out = cfg, rig, job_dir, emitter
-        self.region = region  # (x, y, z, radius) in world units, or None
-        self.cancel = cancel
-        self.device = resolve_device(cfg.device)
+    """The static job's training system: builds the dataset, model, occupancy grid and optimiser from
+    a Session (engine.session), runs the steps, checkpoints, previews and extracts the mesh."""
+
+    def __init__(self, session, emitter, cancel=None):
+        self.session, self.out, self.cancel = session, emitter, cancel
+        self.cfg, self.rig, self.job_dir, self.device = session.cfg, session.rig, session.job_dir, session.device
+        cfg = self.cfg
         torch.manual_seed(cfg.train.seed)
         self.generator = torch.Generator().manual_seed(cfg.train.seed)
-        # The ray batch: fixed at train.rays_per_batch, or adapted to train.target_samples (adapt_batch).
-        self.rays = cfg.train.rays_per_batch
-        self.samples_per_ray = None     # smoothed evaluated samples per ray of the steps so far
+        self.batch = AdaptiveBatch(cfg.train)  # the ray batch: fixed, or adapted to train.target_samples
         self.last_rays = self.last_samples = 0
         for sub in (protocol.CHECKPOINTS_DIR, protocol.MESHES_DIR, protocol.PREVIEWS_DIR):
-            os.makedirs(os.path.join(job_dir, sub), exist_ok=True)
+            os.makedirs(os.path.join(self.job_dir, sub), exist_ok=True)
 
     # -- set-up ------------------------------------------------------------------------------
     def load(self):
         self.out.emit(protocol.STAGE, name="load")
-        norm_path = os.path.join(self.job_dir, protocol.NORMALIZATION_FILE)
-        # The region: the job's own on resume, else the user's (--region), else the rig's, else estimated.
-        if os.path.exists(norm_path):
-            normalization = Normalization.load(norm_path)
-        elif self.region is not None:
-            normalization = Normalization(np.asarray(self.region[:3], dtype=float), float(self.region[3]))
-        elif self.rig.normalization is not None:
-            normalization = Normalization.from_matrix(self.rig.normalization)
-        else:
-            normalization = None
-        self.rig.views, self.held_out = self.select_views(self.rig.views)
+        normalization = self.session.normalization()
+        self.rig.views, self.held_out = self.training_views()
         self.data = RayDataset(self.rig, background=self.cfg.render.background, normalization=normalization,
                                downscale=self.cfg.data.downscale, use_masks=self.cfg.data.use_masks)
         for message in self.rig.warnings + self.data.warnings:
             self.out.warn(message)
-        self.data.normalization.save(norm_path)
+        self.data.normalization.save(os.path.join(self.job_dir, protocol.NORMALIZATION_FILE))
         n = self.data.normalization
         masks = "yes" if self.data.has_masks else "no" if self.cfg.data.use_masks else "no (data.use_masks is off)"
         self.out.log(f"{len(self.rig.views)} views, {self.data.pixel_count} pixels, masks: {masks}; "
                      f"region: centre {np.round(n.center, 4).tolist()}, radius {n.radius:.4g}")
         use_background = self.cfg.render.background_model == "auto" and not self.data.has_masks
         self.model = SDFModel(self.cfg, background=use_background).to(self.device)
-        self.backend, half_table = checked_backend(self.cfg.backend, self.device, self.cfg.encoding,
-                                                   self.cfg.network.sdf_hidden, self.out.warn)
+        self.backend, half_table = self.session.backend, self.session.half_table
         self.model.sdf.grid.set_backend(self.backend, half_table=half_table)
         self.out.log(f"hash encoding: {self.backend} backend" + (", float16 table lookups" if half_table else ""))
         self.amp_dtype = mixed_precision_dtype(self.cfg.train.mixed_precision, self.device)
@@ -138,43 +87,17 @@ class Trainer:
         self.base_lrs = [g["lr"] for g in self.optimizer.param_groups]
         self.step = 0
 
-    def select_views(self, views):
-        """(training views, held-out views): NeRF splits train on 'train' and hold out 'test' (or the
-        other splits); --holdout-every N holds out every Nth view; a multi-frame rig trains frame one."""
-        held_out = []
-        if any(v.split == "train" for v in views):
-            others = [v for v in views if v.split != "train"]
-            held_out = [v for v in others if v.split == "test"] or others
-            views = [v for v in views if v.split == "train"]
-            self.out.log(f"training on the {len(views)} 'train' views; {len(others)} held out")
-        frames = sorted({v.frame for v in views})
-        if len(frames) > 1:
-            views = [v for v in views if v.frame == frames[0]]
-            self.out.warn(f"the rig has {len(frames)} frames; this static job trains frame {frames[0]} "
-                          f"({len(views)} views)")
-        every = self.cfg.data.holdout_every
-        if every:
-            held_out += [v for i, v in enumerate(views) if i % every == 0]
-            views = [v for i, v in enumerate(views) if i % every != 0]
-            self.out.log(f"holding out every {every}th view for evaluation")
-        if not views:
-            raise RigError(f"{self.rig.path}: no views left to train on after holding out views")
-        return views, held_out
+    def training_views(self):
+        """(training views, held-out views): Session.views of the job."""
+        return self.session.views(self.out)
 
     # -- checkpoints ----------------------------------------------------------------------------
-    def checkpoint_path(self, step):
-        return os.path.join(self.job_dir, protocol.CHECKPOINTS_DIR, f"step_{step:07d}.pt")
-
     def save_checkpoint(self):
-        path = self.checkpoint_path(self.step)
         state = {"step": self.step, "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
                  "grid": self.grid.state_dict(), "scaler": self.scaler.state_dict(), "generator": self.generator.get_state(),
                  "torch_rng": torch.get_rng_state(), "config": self.cfg.to_dict(), "backend": self.backend,
-                 "batch": {"rays": self.rays, "samples_per_ray": self.samples_per_ray}, **self.checkpoint_extra()}
-        torch.save(state, path + ".tmp")
-        os.replace(path + ".tmp", path)
-        for old in sorted(glob.glob(os.path.join(self.job_dir, protocol.CHECKPOINTS_DIR, "step_*.pt")))[:-2]:
-            os.remove(old)  # keep the last two: one may be half-read by a concurrent extract
+                 "batch": self.batch.state(), **self.checkpoint_extra()}
+        path = save_checkpoint(self.job_dir, self.step, state)
         self.write_curves()
         return path
 
@@ -197,14 +120,7 @@ class Trainer:
 
     def load_checkpoint(self, path):
         """Restore the training state; returns the checkpoint's dict (for checkpoint_extra's fields)."""
-        # Checkpoints hold tensors, numbers, strings and lists only: nothing in a shared job folder may run code.
-        state = torch.load(path, map_location=self.device, weights_only=True)
-        # torch and triton share one table layout; tiny-cuda-nn keeps its own parameters.
-        written_by = state.get("backend", "torch")
-        if (written_by == "tcnn") != (self.backend == "tcnn"):
-            raise InputError(f"{path} was written by the {written_by} encoding backend and cannot be read by the "
-                             f"{self.backend} backend: run with --backend {written_by} "
-                             f"(tcnn checkpoints need tiny-cuda-nn; torch and triton ones are interchangeable)")
+        state = load_checkpoint(path, self.device, self.backend)
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.grid.load_state_dict(state["grid"])
@@ -213,16 +129,8 @@ class Trainer:
         self.generator.set_state(state["generator"].cpu())
         torch.set_rng_state(state["torch_rng"].cpu())
         self.step = state["step"]
-        # The adapted batch size, so that a resumed run draws the batches an uninterrupted one would.
-        batch = state.get("batch") or {}
-        self.rays = int(batch.get("rays", self.cfg.train.rays_per_batch))
-        self.samples_per_ray = batch.get("samples_per_ray")
+        self.batch.restore(state.get("batch"))
         return state
-
-    @staticmethod
-    def latest_checkpoint(job_dir):
-        found = sorted(glob.glob(os.path.join(job_dir, protocol.CHECKPOINTS_DIR, "step_*.pt")))
-        return found[-1] if found else None
 
     # -- training -------------------------------------------------------------------------------
     def sdf_fn(self, x):
@@ -246,27 +154,7 @@ class Trainer:
         """A random batch of the training views' rays on the training device, in the model's space:
         origins, directions, colours and mask values (None without masks)."""
         return tuple(None if t is None else t.to(self.device)
-                     for t in self.data.sample(self.rays, self.generator))
-
-    def max_rays(self):
-        """The adaptive batch's most rays: train.max_rays, or 8 x rays_per_batch when that is 0."""
-        tc = self.cfg.train
-        return tc.max_rays if tc.max_rays > 0 else 8 * tc.rays_per_batch
-
-    def adapt_batch(self, rays, samples):
-        """instant-nsr-pl's (and instant-ngp's) dynamic batch: the next step draws rays * target_samples
-        / samples rays, so that every step evaluates about train.target_samples samples however many
-        each ray gets (fewer as the occupancy grid tightens, early termination cuts the rays and
-        the sharpness grows). The samples per ray are smoothed over steps (a batch's share of rays that
-        hit the object varies), and the count stays within [MIN_RAYS, max_rays()]."""
-        target = self.cfg.train.target_samples
-        if target <= 0:
-            return
-        per_ray = samples / max(rays, 1)
-        self.samples_per_ray = (per_ray if self.samples_per_ray is None
-                                else BATCH_SMOOTHING * self.samples_per_ray + (1.0 - BATCH_SMOOTHING) * per_ray)
-        low = min(MIN_RAYS, self.cfg.train.rays_per_batch)
-        self.rays = int(min(max(target / max(self.samples_per_ray, 1e-3), low), self.max_rays()))
+                     for t in self.data.sample(self.batch.rays, self.generator))
 
     def train_step(self):
         cfg, tc = self.cfg, self.cfg.train
@@ -282,35 +170,21 @@ class Trainer:
         out = self.render(origins, dirs, cos_anneal=min(1.0, self.step / max(1, cfg.render.cos_anneal_iters)),
                           eps=eps, gradient=tc.gradient, curvature=tc.curvature_weight > 0, jitter=True)
         self.last_rays, self.last_samples = origins.shape[0], out["evaluated"]
-        self.adapt_batch(self.last_rays, self.last_samples)
-        rgb = out["rgb"]
-        diff = rgb - rgb_gt
-        color_loss = (torch.nn.functional.huber_loss(rgb, rgb_gt, delta=0.1) if tc.color_loss == "huber"
-                      else diff.abs().mean())
-        losses = {"color": color_loss}
-        if out["grad"].shape[0]:
-            losses["eikonal"] = ((out["grad"].norm(dim=-1) - 1.0) ** 2).mean()
-            if out["laplacian"] is not None:
-                losses["curvature"] = out["laplacian"].abs().mean()
-        if mask is not None:
-            opacity = out["opacity"].clamp(1e-3, 1.0 - 1e-3)
-            losses["mask"] = torch.nn.functional.binary_cross_entropy(opacity, mask)
-        weights = {"color": 1.0, "eikonal": tc.eikonal_weight, "mask": tc.mask_weight,
-                   "curvature": tc.curvature_weight * curvature_schedule(self.step, cfg)}
-        loss = sum(weights[k] * v for k, v in losses.items())
+        self.batch.update(self.last_rays, self.last_samples)
+        loss, losses = training_losses(out, rgb_gt, mask, cfg, self.step)
         self.optimizer.zero_grad(set_to_none=True)
         self.scaler.scale(loss).backward()
         self.scaler.step(self.optimizer)
         self.scaler.update()
         self.step += 1
-        mse = float((diff.detach() ** 2).mean())
+        mse = float(((out["rgb"].detach() - rgb_gt) ** 2).mean())
         return float(loss.detach()), {k: float(v.detach()) for k, v in losses.items()}, -10.0 * math.log10(max(mse, 1e-10)), levels
 
     def run(self, resume=False):
         tc = self.cfg.train
         self.load()
         if resume:
-            latest = self.latest_checkpoint(self.job_dir)
+            latest = latest_checkpoint(self.job_dir)
             if latest is None:
                 self.out.warn("--resume: the job has no checkpoint yet; starting from the beginning")
             else:
@@ -421,17 +295,6 @@ class Trainer:
         self.out.log(f"wrote {path}: {len(vertices)} vertices, {len(faces)} faces")
         self.out.emit(protocol.MESH, path=path, frame=None, vertices=len(vertices), faces=len(faces))
         return {"mesh": path}
-
-
-def curvature_schedule(step, cfg):
-    """Neuralangelo's curvature weight factor: linear warm-up over the first `level_every` steps, then
-    divided by the level growth factor each time a level opens (it follows the shrinking step)."""
-    tc = cfg.train
-    warm = min(1.0, step / max(1, tc.level_every))
-    e = cfg.encoding
-    growth = (e.finest_resolution / e.base_resolution) ** (1.0 / max(1, e.levels - 1))
-    opened = active_levels(step, cfg, e.levels) - min(tc.start_levels, e.levels)
-    return warm / growth ** opened
 
 
 def write_config(job_dir, cfg):

@@ -1,7 +1,7 @@
 """Camera rigs: one in-memory form (Rig) for every capture format.
 
 numpy and the standard library only: the Blender add-on imports this package too.
-Conventions (DESIGN.md): K is 3x3 in pixels with pixel centres at +0.5; c2w is camera-to-world 4x4 in
+Conventions (docs/design.md): K is 3x3 in pixels with pixel centres at +0.5; c2w is camera-to-world 4x4 in
 OpenCV axes (x right, y down, z forward); world units are the dataset's own.
 
 Readers (load_rig picks one from the path, see loader.py): NeRF synthetic split files and

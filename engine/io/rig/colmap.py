@@ -29,7 +29,7 @@ import struct
 import numpy as np
 
 from ..protocol import write_atomic
-from .model import Rig, RigError, View, check_view, skew_warning
+from .model import Rig, RigError, View, check_view, finish_rig
 
 MODELS = {0: ("SIMPLE_PINHOLE", 3), 1: ("PINHOLE", 4), 2: ("SIMPLE_RADIAL", 4), 3: ("RADIAL", 5),
           4: ("OPENCV", 8), 5: ("OPENCV_FISHEYE", 8), 6: ("FULL_OPENCV", 12), 7: ("FOV", 5),
@@ -173,6 +173,19 @@ def _pose(qvec, tvec, where):
     return c2w
 
 
+def _record(path, number, line, tokens, least, what, layout):
+    """(tokens, id, where) of one line of a text model: at least `least` tokens, the first an integer
+    id; `where` (file, line, camera or image id) starts the caller's later messages."""
+    where = f"{path}: line {number}"
+    if len(tokens) < least:
+        raise RigError(f"{where}: expected {layout}, got {line!r}")
+    try:
+        ident = int(tokens[0])
+    except ValueError:
+        raise RigError(f"{where}: {what} id {tokens[0]!r} is not an integer") from None
+    return tokens, ident, f"{where}: {what} {ident}"
+
+
 def _read_cameras_text(path):
     cameras = {}
     with open(path, encoding="utf-8") as f:
@@ -180,15 +193,8 @@ def _read_cameras_text(path):
             line = line.strip()
             if not line or line.startswith("#"):
                 continue
-            tokens = line.split()
-            where = f"{path}: line {number}"
-            if len(tokens) < 4:
-                raise RigError(f"{where}: expected CAMERA_ID MODEL WIDTH HEIGHT PARAMS..., got {line!r}")
-            try:
-                camera_id = int(tokens[0])
-            except ValueError:
-                raise RigError(f"{where}: camera id {tokens[0]!r} is not an integer") from None
-            where = f"{path}: line {number}: camera {camera_id}"
+            tokens, camera_id, where = _record(path, number, line, line.split(), 4, "camera",
+                                               "CAMERA_ID MODEL WIDTH HEIGHT PARAMS...")
             try:
                 width, height = int(tokens[2]), int(tokens[3])
                 params = [float(v) for v in tokens[4:]]
@@ -210,15 +216,8 @@ def _read_images_text(path):
         if not line or line.startswith("#"):
             continue
         i += 1   # the POINTS2D line that follows every image line (it may be empty)
-        tokens = line.split(None, 9)
-        where = f"{path}: line {number}"
-        if len(tokens) < 10:
-            raise RigError(f"{where}: expected IMAGE_ID QW QX QY QZ TX TY TZ CAMERA_ID NAME, got {line!r}")
-        try:
-            image_id = int(tokens[0])
-        except ValueError:
-            raise RigError(f"{where}: image id {tokens[0]!r} is not an integer") from None
-        where = f"{path}: line {number}: image {image_id}"
+        tokens, image_id, where = _record(path, number, line, line.split(None, 9), 10, "image",
+                                          "IMAGE_ID QW QX QY QZ TX TY TZ CAMERA_ID NAME")
         try:
             values = [float(v) for v in tokens[1:8]]
             camera_id = int(tokens[8])
@@ -369,15 +368,7 @@ def read_colmap(path):
     rig = Rig(name=os.path.basename(root) or "rig", path=model_dir, views=views,
               format="colmap-text" if ext == "txt" else "colmap-binary",
               meta={"model": model_dir, "cameras": len(cameras)})
-    if missing:
-        where = ", ".join(folders) or dataset_root(model_dir)
-        rig.warnings.append(f"{images_file}: {len(missing)} of {len(images)} images skipped because the "
-                            f"image is missing (first: {missing[0]}; looked in {where})")
-    if not views:
-        raise RigError(f"{images_file}: no usable views: none of the {len(missing)} images exists "
-                       f"(first: {missing[0]}; looked in {', '.join(folders) or root})")
-    skew_warning(rig)
-    return rig
+    return finish_rig(rig, images_file, missing, len(images), "images", ", ".join(folders) or root)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -177,6 +177,22 @@ def image_size(path):
     raise RigError(f"{path}: not a PNG or JPEG image, or its header is damaged")
 
 
+def finish_rig(rig, source, missing, listed, noun, looked_in=None):
+    """The readers' common end: one warning counting the `listed` views skipped for a missing image
+    (`missing`: their paths; `noun`: what the format lists, frames or images), a RigError when none is
+    left, the skew warning; returns the rig.
+    `source` (the file read) starts both messages; `looked_in` names the folders searched."""
+    where = f"; looked in {looked_in}" if looked_in else ""
+    if missing:
+        rig.warnings.append(f"{source}: {len(missing)} of {listed} {noun} skipped because the image is missing "
+                            f"(first: {missing[0]}{where})")
+    if not rig.views:
+        raise RigError(f"{source}: no usable views: none of the {len(missing)} images listed exists "
+                       f"(first: {missing[0]}{where})")
+    skew_warning(rig)
+    return rig
+
+
 def skew_warning(rig, threshold_px=1.0):
     """Append one warning when some K has a skew that moves pixels by more than `threshold_px`."""
     worst, where = 0.0, None

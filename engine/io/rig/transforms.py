@@ -46,7 +46,7 @@ import numpy as np
 from ..protocol import write_json
 from . import neus2
 from .model import (OPENGL_TO_OPENCV, Rig, RigError, View, as_matrix, check_view, image_size,
-                    similarity_scale, skew_warning)
+                    finish_rig, similarity_scale)
 
 INTRINSIC_KEYS = ("fl_x", "fl_y", "cx", "cy", "w", "h", "camera_angle_x", "camera_angle_y",
                   "k1", "k2", "p1", "p2")
@@ -153,17 +153,10 @@ def read_transform_files(entries, rig_path, name=None):
         name = os.path.basename(os.path.dirname(rig_path) if os.path.isfile(rig_path) else rig_path)
     rig = Rig(name=name or "rig", path=rig_path, views=views, normalization=normalization, meta=meta,
               warnings=warnings, format=fmt)
-    if missing:
-        rig.warnings.append(f"{rig_path}: {len(missing)} of {listed} frames skipped because their image "
-                            f"is missing (first: {missing[0]})")
     if ignored:
         rig.warnings.append(f"{rig_path}: {ignored} views have k3/k4 distortion terms, which Marble ignores "
                             f"(it models k1 k2 p1 p2)")
-    if not views:
-        raise RigError(f"{rig_path}: no usable views: none of the {len(missing)} images listed exists "
-                       f"(first: {missing[0]})")
-    skew_warning(rig)
-    return rig
+    return finish_rig(rig, rig_path, missing, listed, "frames")
 
 
 def resolve_image(root, file_path):

@@ -1,0 +1,224 @@
+# SPDX-License-Identifier: GPL-3.0-or-later
+"""The job client: starts `python -m engine train` in the engine's own Python and follows its events.
+
+One job runs at a time. `tick()` drains the reader thread's queue on Blender's main thread: the
+reducer updates `wm.marble_job`, the effects change the scene. In Blender, `tick` runs as a
+`bpy.app.timers` callback; the headless bpy module runs no timers, so tests and the demo call it in a
+loop until it returns None.
+"""
+import atexit
+import queue
+import time
+import traceback
+
+import bpy
+
+from .. import engine_python
+from . import command as commands
+from . import effects, reducer
+from .process import EOF, EngineProcess, JobError, spawn
+
+TICK_SECONDS = 0.2          # how often the timer drains events while a job runs
+MAX_EVENTS_PER_TICK = 200   # keep one tick short even when the engine floods its output
+CANCEL_GRACE_S = 30.0       # after a cancel request: wait this long, then SIGTERM, then as long again, SIGKILL
+EXIT_GRACE_S = 5.0          # the engine exited but something still holds its stdout open
+
+
+class Job(EngineProcess, effects.SceneTargets):
+    """The running engine and where its results go in the scene."""
+
+    def __init__(self, process, command, job_dir, log_path, log_offset, scene_name, collection_name,
+                 region_name=None, resume=False):
+        EngineProcess.__init__(self, process, command, job_dir, log_path, log_offset)
+        effects.SceneTargets.__init__(self, scene_name, collection_name, region_name, resume)
+
+
+_job = None
+
+
+def is_running():
+    return _job is not None
+
+
+def current_job():
+    return _job
+
+
+def start(context, resume=False):
+    """Start training the scene's rig (or, with `resume`, go on with the scene's last job from its
+    checkpoint); raises JobError with a message for the user when it cannot."""
+    global _job
+    if _job is not None:
+        where = f" (scene '{_job.scene_name}')" if _job.scene_name != context.scene.name else ""
+        raise JobError(f"A Marble job is already running{where}: wait for it or cancel it first; "
+                       "one job runs at a time")
+    plan = commands.plan(context, resume)
+    root = engine_python.engine_root()
+    process, log_path, log_offset = spawn(plan.command, plan.job_dir, engine_python.engine_environment(root))
+    settings = context.scene.marble
+    collection = settings.rig_collection
+    _job = Job(process, plan.command, plan.job_dir, log_path, log_offset, context.scene.name,
+               collection.name if collection is not None else "", plan.region_name, resume=resume)
+    _job.reader.start()
+    settings.last_job = plan.job_dir
+    reducer.begin(context.window_manager.marble_job, plan.job_dir, resume, settings.iterations)
+    timers = getattr(bpy.app, "timers", None)
+    if timers is not None and not timers.is_registered(tick):
+        timers.register(tick, first_interval=TICK_SECONDS, persistent=True)
+    return _job
+
+
+def cancel():
+    """Ask the running engine to stop (it saves a checkpoint first). False when no job runs."""
+    job = _job
+    if job is None:
+        return False
+    if job.request_cancel(time.monotonic()):
+        state = _state()
+        if state is not None and job.final is None:
+            state.state = 'cancelling'
+            state.message = "Stopping: the engine saves a checkpoint first"
+        _redraw()
+    return True
+
+
+def tick():
+    """Drain engine events on the main thread. Returns seconds until the next call, None when idle."""
+    job = _job
+    if job is None:
+        return None
+    try:
+        return _tick(job)
+    except Exception as exc:
+        # A bug here must not leave the engine running with nobody listening.
+        traceback.print_exc()
+        job.kill()
+        state = _state()
+        if state is not None:
+            state.state = 'failed'
+            state.message = f"Marble's job client failed: {exc}"
+        _clear(job)
+        return None
+
+
+def _tick(job):
+    state = _state()
+    changed = False
+    for _ in range(MAX_EVENTS_PER_TICK):
+        try:
+            item = job.events.get_nowait()
+        except queue.Empty:
+            break
+        if item is EOF:
+            job.eof = True
+            break
+        changed = True
+        if effects.handle(job, item, state):
+            break  # it imported meshes: the next events wait for the next tick, so Blender stays responsive
+
+    now = time.monotonic()
+    if job.final is not None and job.final_at is None:
+        job.final_at = now
+    returncode = job.process.poll()
+    # Escalate when the engine does not stop: after a cancel request, or lingering after its final event.
+    waiting_since = job.final_at if job.final is not None else job.cancel_requested_at
+    if returncode is None and waiting_since is not None:
+        if job.terminated_at is None and now - waiting_since > CANCEL_GRACE_S:
+            job.terminated_at = now
+            job.process.terminate()  # the engine treats SIGTERM as cancel too
+        elif job.terminated_at is not None and now - job.terminated_at > CANCEL_GRACE_S:
+            job.process.kill()
+    if returncode is not None and job.exited_at is None:
+        job.exited_at = now
+    if returncode is not None and (job.eof or now - job.exited_at > EXIT_GRACE_S):
+        _finish(job, returncode, state)
+        _redraw()
+        return None
+    if changed:
+        _redraw()
+    return TICK_SECONDS
+
+
+def _finish(job, returncode, state):
+    effects.remove_preview(job)
+    if state is not None and (job.failure is not None or job.final is None):
+        cancel_requested = job.cancel_requested_at is not None
+        own_failure = job.failure is None and not cancel_requested
+        reducer.ended(state, returncode, failure=job.failure, cancel_requested=cancel_requested,
+                      resumable=reducer.has_checkpoint(job.job_dir),
+                      tail=job.log_tail() if own_failure else "", log_path=job.log_path)
+    _clear(job)
+
+
+def _clear(job):
+    global _job
+    job.close()
+    if _job is job:
+        _job = None
+
+
+def restore_state(scene, state):
+    """Show the last state of `scene`'s last job, read back from its events.jsonl (after a file load,
+    when no engine runs for it). Returns False when the scene has no job to show."""
+    return reducer.replay(state, commands.last_job_dir(scene))
+
+
+def _state():
+    wm = getattr(bpy.context, "window_manager", None)
+    return getattr(wm, "marble_job", None) if wm is not None else None
+
+
+def _redraw():
+    wm = getattr(bpy.context, "window_manager", None)
+    if wm is None:
+        return
+    for window in wm.windows:
+        screen = window.screen
+        if screen is None:
+            continue
+        for area in screen.areas:
+            if area.type == 'VIEW_3D':
+                area.tag_redraw()
+
+
+def shutdown(timeout=5.0):
+    """Stop a running engine without touching Blender data (unregister, Blender quitting).
+
+    SIGTERM lets the engine save a checkpoint as on cancel; it is killed if it does not stop in time.
+    """
+    try:
+        timers = getattr(bpy.app, "timers", None)
+        if timers is not None and timers.is_registered(tick):
+            timers.unregister(tick)
+    except Exception:
+        pass  # Blender may already be tearing down at exit
+    job = _job
+    if job is None:
+        return
+    job.stop(timeout)
+    _clear(job)
+
+
+@bpy.app.handlers.persistent
+def _on_load(_filepath=None):
+    """After a file load: show the state of the loaded scene's last job (unless a job runs now, whose
+    state the tick keeps)."""
+    if _job is not None:
+        return
+    state = _state()
+    scene = getattr(bpy.context, "scene", None)
+    if state is not None and scene is not None and hasattr(scene, "marble"):
+        restore_state(scene, state)
+
+
+def register():
+    atexit.register(shutdown)  # Blender quitting must not leave an orphaned engine training
+    if _on_load not in bpy.app.handlers.load_post:
+        bpy.app.handlers.load_post.append(_on_load)
+
+
+def unregister():
+    if _on_load in bpy.app.handlers.load_post:
+        bpy.app.handlers.load_post.remove(_on_load)
+    shutdown()
+    atexit.unregister(shutdown)

@@ -1,0 +1,137 @@
+# SPDX-License-Identifier: GPL-3.0-or-later
+"""What a job runs, and where: the engine's command line from the scene's settings and the
+preferences, the interpreter and the rig (checked: JobError says what to do), and job folders."""
+import collections
+import os
+import time
+
+import bpy
+
+from ...engine.io import protocol
+from .. import preferences
+from ..build import region as regions
+from .process import JobError
+from .reducer import has_checkpoint
+
+# Everything start() needs: `region_name` is an automatic, untouched region empty that follows the
+# region the engine reports (None when the region is passed on, or there is none).
+Plan = collections.namedtuple("Plan", "python job_dir command region_name")
+
+
+def resolved_choice(value, preference_name, fallback):
+    """A scene's preset/device, where 'default' means the preferences' default."""
+    if value != 'default':
+        return value
+    prefs = preferences.get()
+    return getattr(prefs, preference_name, fallback) if prefs is not None else fallback
+
+
+def build_command(python, settings, rig_path, job_dir, region=None, resume=False, preview_every=0):
+    """The engine's command line; `region` (centre xyz, radius) in world units adds `--region X Y Z R`."""
+    command = [python, "-m", "engine", "train", "--data", rig_path, "--out", job_dir,
+               "--preset", resolved_choice(settings.preset, "default_preset", "cpu"),
+               "--device", resolved_choice(settings.device, "default_device", "auto"),
+               "--resolution", str(settings.resolution)]
+    if settings.iterations > 0:
+        command += ["--iterations", str(settings.iterations)]
+    if preview_every > 0:
+        command += ["--preview-every", str(preview_every)]
+    if not settings.use_masks:
+        command += ["--no-masks"]
+    if region is not None:
+        centre, radius = region
+        command += ["--region", *(_fixed(x) for x in (*centre, radius))]
+    if resume:
+        command += ["--resume"]
+    return command
+
+
+def _fixed(value):
+    # Fixed-point, never an exponent: argparse takes "-1e-05" for an option, not a negative number.
+    text = f"{float(value):.9f}".rstrip("0")
+    return text + "0" if text.endswith(".") else text
+
+
+def plan(context, resume=False):
+    """Check the scene's rig, the engine's interpreter and the job folder (made here), and build the
+    command line (with `resume`: the scene's last job, from its checkpoint). Raises JobError."""
+    settings = context.scene.marble
+    if not settings.rig_path:
+        raise JobError("No camera rig: import one first (Marble > Import Rig)")
+    rig_path = os.path.abspath(bpy.path.abspath(settings.rig_path))
+    if not os.path.exists(rig_path):
+        raise JobError(f"The rig file does not exist any more: {rig_path}")
+    python = engine_interpreter()
+    if resume:
+        job_dir = resumable_job(context.scene)
+        if job_dir is None:
+            raise JobError("Nothing to resume: the scene's last job has no checkpoint")
+    elif settings.job_dir:
+        job_dir = os.path.abspath(bpy.path.abspath(settings.job_dir))
+    else:
+        job_dir = new_job_dir()
+    try:
+        os.makedirs(job_dir, exist_ok=True)
+    except OSError as exc:
+        raise JobError(f"Cannot create the job folder {job_dir}: {exc.strerror}") from None
+    # The region empty: passed on when the user (or the rig) chose it; an automatic, untouched one is
+    # left to the engine, and follows the region the engine reports.
+    region_obj = regions.scene_region(context.scene)
+    region = regions.training_region(context.scene)
+    prefs = preferences.get()
+    command = build_command(python, settings, rig_path, job_dir, region=region, resume=resume,
+                            preview_every=prefs.preview_every if prefs is not None else 0)
+    return Plan(python, job_dir, command, region_obj.name if region_obj is not None and region is None else None)
+
+
+def engine_interpreter():
+    """The engine's Python from the preferences, checked; raises JobError when it cannot train."""
+    python = preferences.python_path()
+    if not python:
+        raise JobError("No Python interpreter for the engine: set one that has torch installed in "
+                       "Preferences > Add-ons > Marble")
+    if not os.path.isfile(python):
+        raise JobError(f"The engine's Python interpreter does not exist: {python} "
+                       f"(set it in Preferences > Add-ons > Marble)")
+    if not os.access(python, os.X_OK):
+        raise JobError(f"The engine's Python interpreter is not executable: {python}")
+    verdict = preferences.engine_verdict()
+    if verdict is not None and not verdict[0]:
+        raise JobError(f"The engine's Python cannot train: {verdict[1]} "
+                       "(Preferences > Add-ons > Marble)")
+    return python
+
+
+# ---------------------------------------------------------------------------------------------
+# Job folders
+
+def new_job_dir():
+    """A fresh timestamped folder under the jobs folder of the preferences."""
+    base = preferences.jobs_root()
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    path, n = os.path.join(base, stamp), 1
+    while os.path.exists(path):
+        n += 1
+        path = os.path.join(base, f"{stamp}-{n}")
+    os.makedirs(path)
+    return path
+
+
+def shown_job_dir(context):
+    """The job the panel shows (this session's, else the scene's last one), absolute; "" when none."""
+    job_dir = context.window_manager.marble_job.job_dir or context.scene.marble.last_job
+    return os.path.abspath(bpy.path.abspath(job_dir)) if job_dir else ""
+
+
+def last_job_dir(scene):
+    """The scene's last job folder, absolute; "" when it has none."""
+    last = scene.marble.last_job
+    return os.path.abspath(bpy.path.abspath(last)) if last else ""
+
+
+def resumable_job(scene):
+    """The scene's last job folder when it can be resumed (its configuration and a checkpoint are there)."""
+    job_dir = last_job_dir(scene)
+    if job_dir and os.path.isfile(os.path.join(job_dir, protocol.CONFIG_FILE)) and has_checkpoint(job_dir):
+        return job_dir
+    return None

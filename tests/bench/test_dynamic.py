@@ -1,0 +1,142 @@
+"""The dynamic benchmarks' harness (`python3 build.py bench dynamic`): the metrics of a sequence against
+the synthetic scene's truth, the rows it writes, the sequence import's meshes. Light: no training."""
+import argparse
+import json
+import math
+import os
+
+import numpy as np
+import pytest
+from conftest import icosphere
+
+from bench import registry
+from bench.dynamic import dynamic_row
+from bench.dynamic_eval import sequence_metrics
+from bench.sequence import torus_grid
+from engine.io.ply import write_ply
+
+MACHINE = {"cpu": "Test CPU", "cores": 2, "gpu": None}
+
+
+def rigid(angle_deg, translation):
+    a = math.radians(angle_deg)
+    m = np.eye(4)
+    m[:3, :3] = [[math.cos(a), -math.sin(a), 0], [math.sin(a), math.cos(a), 0], [0, 0, 1]]
+    m[:3, 3] = translation
+    return m
+
+
+def apply(m, vertices):
+    return vertices @ m[:3, :3].T + m[:3, 3]
+
+
+@pytest.fixture
+def truth(tmp_path):
+    """A dataset's truth folder: an elongated icosahedron moved by known rigid motions over 3 frames."""
+    vertices, faces = icosphere(0.5)
+    vertices = vertices * [1.5, 1.0, 0.7] + [0.2, 0.0, 0.1]
+    motions = [np.eye(4), rigid(10, [0.05, 0.0, 0.0]), rigid(20, [0.1, 0.02, 0.0])]
+    os.makedirs(tmp_path / "data" / "truth")
+    for frame, m in enumerate(motions):
+        write_ply(str(tmp_path / "data" / "truth" / f"frame_{frame:06d}.ply"), apply(m, vertices), faces)
+    size = float(np.linalg.norm(vertices.max(0) - vertices.min(0)))
+    with open(tmp_path / "data" / "truth" / "motion.json", "w") as f:
+        json.dump({"frames": [{"frame": i, "world_from_canonical": m.tolist()} for i, m in enumerate(motions)],
+                   "scene_size": size, "cameras": 16, "size": [64, 64]}, f)
+    return str(tmp_path / "data"), vertices, faces, motions, size
+
+
+def write_sequence(folder, entries, coordinates):
+    os.makedirs(folder, exist_ok=True)
+    items = []
+    for frame, (vertices, faces, m) in enumerate(entries):
+        write_ply(os.path.join(folder, f"frame_{frame:06d}.ply"), vertices, faces)
+        items.append({"frame": frame, "mesh": f"frame_{frame:06d}.ply", "world_from_canonical": m.tolist(),
+                      "seconds": 2.0 + frame})
+    path = os.path.join(folder, "sequence.json")
+    with open(path, "w") as f:
+        json.dump({"coordinates": coordinates, "frames": items}, f)
+    return path
+
+
+def test_a_perfect_sequence_scores_zero_in_world_and_canonical_coordinates(truth, tmp_path):
+    data, vertices, faces, motions, _ = truth
+    world = write_sequence(str(tmp_path / "world"), [(apply(m, vertices), faces, m) for m in motions], "world")
+    canonical = write_sequence(str(tmp_path / "canonical"), [(vertices, faces, m) for m in motions], "canonical")
+    for path in (world, canonical):
+        metrics = sequence_metrics(path, data, samples=4000)
+        assert [f["frame"] for f in metrics["frames"]] == [0, 1, 2]
+        for f in metrics["frames"]:
+            assert f["chamfer"] < 1e-3 and f["f_1"] > 0.99
+            assert f["rotation_deg"] < 1e-4 and f["translation"] < 1e-6
+
+
+def test_wrong_motions_are_measured_in_degrees_and_scene_sizes(truth, tmp_path):
+    """No motion predicted (the identity, as without prediction): the errors are the true motions."""
+    data, vertices, faces, motions, size = truth
+    sequence = write_sequence(str(tmp_path / "still"), [(apply(m, vertices), faces, np.eye(4)) for m in motions],
+                              "world")
+    frames = sequence_metrics(sequence, data, samples=4000)["frames"]
+    assert [round(f["rotation_deg"], 6) for f in frames] == [0.0, 10.0, 20.0]
+    center = (vertices.min(0) + vertices.max(0)) / 2
+    for f, m in zip(frames, motions):
+        assert math.isclose(f["translation"], np.linalg.norm(apply(m, center[None])[0] - center) / size, rel_tol=1e-5)
+    # A canonical mesh placed by the identity stays where frame 0 was: its Chamfer grows with the motion.
+    canonical = write_sequence(str(tmp_path / "stuck"), [(vertices, faces, np.eye(4)) for _ in motions], "canonical")
+    chamfers = [f["chamfer"] for f in sequence_metrics(canonical, data, samples=4000)["frames"]]
+    assert chamfers[0] < 1e-3 < chamfers[1] < chamfers[2]
+
+
+def test_dynamic_rows():
+    started = {"device": "cpu", "backend": "torch",
+               "config": {"preset": "cpu", "train": {"iterations": 1000},
+                          "dynamic": {"frame_iterations": 300, "prediction_iterations": 100}}}
+    metrics = {"cameras": 20, "size": [128, 128], "frames": [
+        {"seconds": 120.0, "chamfer": 0.004, "f_1": 0.95, "rotation_deg": 0.0, "translation": 0.0},
+        {"seconds": 50.0, "chamfer": 0.002, "f_1": 0.99, "rotation_deg": 1.0, "translation": 0.002},
+        {"seconds": 70.0, "chamfer": 0.003, "f_1": 0.97, "rotation_deg": 3.0, "translation": 0.004}]}
+    row = dynamic_row(MACHINE, started, True, metrics, 300.0, argparse.Namespace(), date="2026-11-21")
+    assert row["steps"] == "1000 + 300 + 100" and row["prediction"] == "on" and row["frames"] == "3"
+    assert row["first frame s"] == "120.0" and row["s/frame"] == "60.0" and row["size px"] == "128x128"
+    assert row["chamfer % mean"] == "0.300" and row["chamfer % max"] == "0.400"
+    assert row["rotation err deg mean"] == "2.00" and row["rotation err deg max"] == "3.00"  # later frames only
+    assert row["translation err % mean"] == "0.30" and row["translation err % max"] == "0.40"
+    assert row["chamfer % per frame"] == "0.40 0.20 0.30"
+    off = dynamic_row(MACHINE, started, False, metrics, 300.0, argparse.Namespace())
+    assert off["steps"] == "1000 + 300" and off["prediction"] == "off"
+    spec = registry.BENCHMARKS["dynamic"]
+    assert set(spec["key"]) <= set(spec["columns"]) and set(row) == set(spec["columns"])
+    assert [row[k] for k in spec["key"]] != [off[k] for k in spec["key"]]  # both runs keep their rows
+
+
+def test_bench_dynamic_also_runs_the_sequence_import(monkeypatch, tmp_path, capsys):
+    ran = []
+    for name in ("dynamic", "sequence"):
+        spec = dict(registry.BENCHMARKS[name])
+        spec["run"] = lambda options, name=name: ran.append(name) or []
+        monkeypatch.setitem(registry.BENCHMARKS, name, spec)
+    assert registry.main(["dynamic", "--no-write"]) == 0
+    assert ran == ["dynamic", "sequence"]
+
+
+def test_the_import_benchmark_meshes_are_closed_tori_of_the_size_asked():
+    u, v, faces = torus_grid(50000)
+    assert abs(len(u) - 50000) < 500 and len(faces) == 2 * len(u)
+    edges = np.sort(np.concatenate([faces[:, [0, 1]], faces[:, [1, 2]], faces[:, [2, 0]]]), axis=1)
+    _, counts = np.unique(edges, axis=0, return_counts=True)
+    assert (counts == 2).all()  # every edge between two triangles: closed, no seams
+
+
+def test_the_import_benchmark_torus_is_the_demo_torus_grid():
+    """bench.sequence builds its torus on demo.scene's grid (the one torus): same vertex order and
+    triangles as the grid it had of its own before (u around the ring, v around the tube)."""
+    u, v, faces = torus_grid(800)
+    rings = 20
+    segments = 800 // rings
+    a = np.arange(segments * rings).reshape(segments, rings)
+    b, c, d = np.roll(a, -1, 0), np.roll(a, -1, 1), np.roll(np.roll(a, -1, 0), -1, 1)
+    expected = np.concatenate([np.stack([a, b, d], -1).reshape(-1, 3), np.stack([a, d, c], -1).reshape(-1, 3)])
+    assert np.array_equal(faces, expected)
+    uu, vv = np.meshgrid(np.arange(segments) * 2 * np.pi / segments, np.arange(rings) * 2 * np.pi / rings,
+                         indexing="ij")
+    assert np.allclose(u, uu.reshape(-1), atol=1e-12) and np.allclose(v, vv.reshape(-1), atol=1e-12)
