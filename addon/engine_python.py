@@ -54,15 +54,23 @@ def default_python(root=ROOT):
     return ""
 
 
+def interpreter_problem(python):
+    """What is wrong with `python` that shows without running it (unset, missing, not executable), or None."""
+    if not python:
+        return "No engine interpreter set: choose a Python that has torch installed"
+    if not os.path.isfile(python):
+        return f"Not found: {python}"
+    if not os.access(python, os.X_OK):
+        return f"Not executable: {python}"
+    return None
+
+
 def run_doctor(python, root=None, timeout=DOCTOR_TIMEOUT_S):
     """`python -m engine doctor` in the engine's interpreter: its report (a dict with "ok" and
     "message"); a report with ok False and a message saying what to do when it cannot run at all."""
-    if not python:
-        return {"ok": False, "message": "No engine interpreter set: choose a Python that has torch installed"}
-    if not os.path.isfile(python):
-        return {"ok": False, "message": f"Not found: {python}"}
-    if not os.access(python, os.X_OK):
-        return {"ok": False, "message": f"Not executable: {python}"}
+    problem = interpreter_problem(python)
+    if problem is not None:
+        return {"ok": False, "message": problem}
     root = root or engine_root()
     try:
         done = subprocess.run([python, "-m", "engine", "doctor"], cwd=root, env=engine_environment(root),

@@ -49,8 +49,8 @@ class MarbleSceneSettings(bpy.types.PropertyGroup):
                     "reconstruct the whole view, with a background model behind the region")
     job_dir: bpy.props.StringProperty(
         name="Job Folder",
-        description="Where the engine writes its job (empty: a new folder in the job folder of the "
-                    "preferences)",
+        description="Where the engine writes its job; once a job used it, each new job gets a fresh "
+                    "sub-folder in it (empty: a new folder in the job folder of the preferences)",
         subtype='DIR_PATH')
     last_job: bpy.props.StringProperty(
         name="Last Job", subtype='DIR_PATH',

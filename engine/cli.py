@@ -5,18 +5,39 @@ Python without torch or numpy, and `train` there must still print an error event
 The flags' choices and ranges come from engine.config.
 """
 import argparse
+import errno
 import os
+import re
 import sys
 import traceback
 
 from .config import BACKENDS, DEVICES, PRESETS, RANGES, InputError, range_problem
 from .events import CancelWatch, Emitter
 from .io import protocol
+from .threads import choose_threads, configure_openmp
+
+
+class UsageError(Exception):
+    """A command line argparse cannot parse: reported as an error event (exit 2), not usage text alone."""
+
+
+class Parser(argparse.ArgumentParser):
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        # argparse takes "-1e-05" for an option (its negative-number pattern has no exponent), so
+        # `--region -1e-05 0 0 1` would fail: accept every float spelling as a number.
+        self._negative_number_matcher = NEGATIVE_NUMBER
+
+    def error(self, message):
+        raise UsageError(f"{self.prog}: {message}")
+
+
+NEGATIVE_NUMBER = re.compile(r"^-(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?$|^-(inf|nan)$", re.IGNORECASE)
 
 
 def parse_args(argv):
     presets = tuple(PRESETS)
-    parser = argparse.ArgumentParser(prog="python -m engine", description="Marble's reconstruction engine.")
+    parser = Parser(prog="python -m engine", description="Marble's reconstruction engine.")
     sub = parser.add_subparsers(dest="command", required=True)
     train = sub.add_parser("train", help="train on a rig and write the job's mesh")
     train.add_argument("--data", required=True,
@@ -36,6 +57,9 @@ def parse_args(argv):
                        help="the sphere to reconstruct, in world units (default: the rig's, or from the "
                             "masks' visual hull, or from where the cameras look)")
     train.add_argument("--resume", action="store_true", help="go on from the job's last checkpoint")
+    train.add_argument("--overwrite", action="store_true",
+                       help="replace an earlier job in --out (its checkpoints, meshes, events); without it "
+                            "(or --resume) a folder holding a job is refused")
     train.add_argument("--downscale", type=int, help="train on images 1/N the size (area averaged)")
     train.add_argument("--holdout-every", type=int,
                        help="hold out every Nth view (index %% N == 0) for `evaluate`")
@@ -69,10 +93,11 @@ def parse_args(argv):
 
 
 def resolve_config(args):
-    from .config import Config, preset
+    from .config import preset
+    from .jobdir import read_config
     saved = os.path.join(args.out, protocol.CONFIG_FILE)
     if args.resume and os.path.exists(saved):
-        cfg = Config.from_dict(_read_json(saved))
+        cfg = read_config(saved)
     else:
         cfg = preset(args.preset)
     flags = (("iterations", "train.iterations"), ("resolution", "mesh.resolution"),
@@ -105,12 +130,6 @@ def resolve_config(args):
     return cfg
 
 
-def _read_json(path):
-    import json
-    with open(path, encoding="utf-8") as f:
-        return json.load(f)
-
-
 def run_train(args, out):
     import torch  # the engine's heavy imports happen after the job exists, so errors are reported
 
@@ -118,22 +137,32 @@ def run_train(args, out):
     from .session import Session
     from .train.dynamic import SequenceTrainer
     from .train.trainer import Cancelled, Trainer, write_config
+    from .jobdir import JobLock, check_out_folder, clear_job, holds_a_job
+    check_out_folder(args.out)
+    if not args.resume and holds_a_job(args.out) and not args.overwrite:
+        raise InputError(f"--out {os.path.abspath(args.out)} holds an earlier job: add --resume to go on with it, "
+                         f"--overwrite to replace it, or choose another folder")
     cfg = resolve_config(args)
     rig = load_rig(args.data)
     session = Session.open(cfg, rig, args.out, region=args.region)
     os.makedirs(args.out, exist_ok=True)
+    JobLock(args.out).acquire()  # held until the process ends
+    if args.overwrite and not args.resume:
+        clear_job(args.out)
     out.attach(args.out)
     write_config(args.out, cfg)
-    torch.set_num_threads(max(1, os.cpu_count() or 1))
-    # The kernels run once before the job starts; a backend that fails here gives way to torch (with a
-    # warning event), and the job trains with what `started` names.
-    session.check_backend(out.warn)
-    out.emit(protocol.STARTED, **session.started_fields())
-    out.log(f"training {rig.path} ({len(rig.views)} views) with preset {cfg.preset} on {session.device}, "
-            f"{cfg.train.iterations} iterations, into {os.path.abspath(args.out)}")
-    cancel = CancelWatch()
-    kind = SequenceTrainer if session.dynamic else Trainer
+    threads, why = choose_threads()
+    torch.set_num_threads(threads)
+    out.log(f"{threads} CPU thread{'s' if threads > 1 else ''} ({why})")
+    cancel = CancelWatch()  # from here on SIGINT/SIGTERM/`cancel` end the job with a `cancelled` event
     try:
+        # The kernels run once before the job starts; a backend that fails here gives way to torch
+        # (with a warning event), and the job trains with what `started` names.
+        session.check_backend(out.warn)
+        out.emit(protocol.STARTED, **session.started_fields())
+        out.log(f"training {rig.path} ({len(rig.views)} views) with preset {cfg.preset} on {session.device}, "
+                f"{cfg.train.iterations} iterations, into {os.path.abspath(args.out)}")
+        kind = SequenceTrainer if session.dynamic else Trainer
         outputs = kind(session, out, cancel.requested).run(resume=args.resume)
     except Cancelled:
         return protocol.EXIT_CANCELLED
@@ -145,45 +174,59 @@ def run_train(args, out):
 
 def load_job(job, out):
     """A Trainer restored from a finished (or cancelled) job's last checkpoint."""
-    from .config import Config
     from .io.rig import load_rig
     from .session import Session
     from .train.checkpoints import latest_checkpoint
+    from .jobdir import JobLock, read_config
     from .train.trainer import Trainer
     if not os.path.isfile(os.path.join(job, protocol.CONFIG_FILE)):
         raise InputError(f"{job}: not a job directory (no {protocol.CONFIG_FILE})")
-    cfg = Config.from_dict(_read_json(os.path.join(job, protocol.CONFIG_FILE)))
-    events = protocol.read_events(os.path.join(job, protocol.EVENTS_FILE))
-    data = next((e["data"] for e in events if e["event"] == protocol.STARTED), None)
-    latest = latest_checkpoint(job)
-    if data is None or latest is None:
+    cfg = read_config(os.path.join(job, protocol.CONFIG_FILE))
+    events_path = os.path.join(job, protocol.EVENTS_FILE)
+    events = protocol.read_events(events_path) if os.path.isfile(events_path) else []
+    data = next((e.get("data") for e in events if e["event"] == protocol.STARTED), None)
+    if not isinstance(data, str) or latest_checkpoint(job) is None:
         raise InputError(f"{job}: the job has no checkpoint yet")
     if any(e["event"] == protocol.STARTED and e.get("dynamic") for e in events):
         raise InputError(f"{job}: a dynamic job; its meshes are written frame by frame as it trains "
                          f"({protocol.MESHES_DIR}/), and extract and evaluate work on static jobs")
+    JobLock(job).acquire()  # held until the process ends
     out.attach(job)
     trainer = Trainer(Session.checked(cfg, load_rig(data), job, out.warn), out)
     trainer.load()
-    trainer.load_checkpoint(latest)
+    if trainer.resume_checkpoint() is None:
+        raise InputError(f"{job}: no checkpoint of the job can be read")
     return trainer
 
 
+def checked_flag(value, key, flag):
+    """`value` of a command's own flag (extract --resolution, evaluate --downscale) checked against the
+    configuration's range for the field it sets."""
+    if value is not None:
+        problem = range_problem(key, value, flag)
+        if problem:
+            raise InputError(problem)
+    return value
+
+
 def run_extract(args, out):
+    resolution = checked_flag(args.resolution, "mesh.resolution", "--resolution")
     trainer = load_job(args.job, out)
-    if args.resolution:
-        trainer.cfg.mesh.resolution = args.resolution
+    if resolution is not None:
+        trainer.cfg.mesh.resolution = resolution
     out.emit(protocol.DONE, outputs=trainer.extract())
     return protocol.EXIT_OK
 
 
 def run_evaluate(args, out):
     from .evaluate import evaluate_views
+    checked_flag(args.downscale, "data.downscale", "--downscale")
     trainer = load_job(args.job, out)
     views = trainer.held_out
     if not views:
         views = trainer.rig.views
         out.warn("the job held out no views (train with --holdout-every N): evaluating on training views")
-    downscale = args.downscale or trainer.cfg.data.downscale
+    downscale = args.downscale if args.downscale is not None else trainer.cfg.data.downscale
     path, summary = evaluate_views(trainer, views, downscale, os.path.join(args.job, "eval"))
     out.emit(protocol.DONE, outputs={"eval": path, "psnr": summary["psnr"], "mask_iou": summary["mask_iou"]})
     return protocol.EXIT_OK
@@ -210,7 +253,14 @@ def run_show_preset(args, out):
 
 
 def main(argv=None):
-    args = parse_args(sys.argv[1:] if argv is None else argv)
+    configure_openmp()  # before anything imports torch
+    try:
+        args = parse_args(sys.argv[1:] if argv is None else argv)
+    except UsageError as exc:
+        out = Emitter()
+        out.log(f"error: {exc}")
+        out.emit(protocol.ERROR, message=str(exc))
+        return protocol.EXIT_BAD_INPUT
     if args.command == "doctor":  # no events: one JSON report, whatever this Python lacks
         from .doctor import main as doctor
         return doctor()
@@ -227,22 +277,37 @@ def main(argv=None):
         out.log(f"error: {exc}")
         out.emit(protocol.ERROR, message=str(exc))
         return protocol.EXIT_BAD_INPUT
+    except OSError as exc:
+        if exc.errno not in (errno.ENOSPC, errno.EDQUOT):
+            return unexpected(exc, out)
+        # A full disk: one clear event; the writers removed their temporary files and the checkpoints
+        # before this one are intact.
+        message = str(exc) if "no space left" in str(exc) else \
+            f"no space left on the disk ({exc.filename or 'the job folder'}): free some space and resume"
+        out.log(f"error: {message}")
+        out.emit(protocol.ERROR, message=message)
+        return protocol.EXIT_FAILED
     except MemoryError:
         out.emit(protocol.ERROR, message="out of memory: use the cpu preset, fewer iterations or a lower "
                                          "--resolution, or close other programs")
         return protocol.EXIT_FAILED
     except Exception as exc:  # a bug or a resource failure: still one error event, the traceback on stderr
-        from .doctor import engine_package, missing_module_message
-        if isinstance(exc, ModuleNotFoundError) and engine_package(exc.name):
-            # The engine's Python lacks torch (or numpy, ...): say which, and how to get a Python that has it.
-            out.log(f"error: {exc}")
-            out.emit(protocol.ERROR, message=missing_module_message(exc.name))
-            return protocol.EXIT_FAILED
-        traceback.print_exc()
-        message = str(exc)
-        if "out of memory" in message.lower():
-            message = f"out of memory ({message.splitlines()[0]}): use a smaller preset or --resolution"
-        out.emit(protocol.ERROR, message=f"engine failed: {type(exc).__name__}: {message}")
-        return protocol.EXIT_FAILED
+        return unexpected(exc, out)
     finally:
         out.close()
+
+
+def unexpected(exc, out):
+    """One error event for an exception nobody expected (the traceback goes to stderr)."""
+    from .doctor import engine_package, missing_module_message
+    if isinstance(exc, ModuleNotFoundError) and engine_package(exc.name):
+        # The engine's Python lacks torch (or numpy, ...): say which, and how to get a Python that has it.
+        out.log(f"error: {exc}")
+        out.emit(protocol.ERROR, message=missing_module_message(exc.name))
+        return protocol.EXIT_FAILED
+    traceback.print_exc()
+    message = str(exc)
+    if "out of memory" in message.lower():
+        message = f"out of memory ({message.splitlines()[0]}): use a smaller preset or --resolution"
+    out.emit(protocol.ERROR, message=f"engine failed: {type(exc).__name__}: {message}")
+    return protocol.EXIT_FAILED

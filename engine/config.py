@@ -9,6 +9,7 @@ A preset is a Config; command-line flags override single fields; the resolved Co
 the job's config.json and sent in the `started` event.
 """
 import dataclasses
+import math
 from dataclasses import dataclass, field
 
 # name: (label, description) -- the command line's choices and the add-on's enum items.
@@ -33,26 +34,47 @@ CHOICES = {"render.sampler": ("occupancy", "hierarchical"), "render.background_m
            "train.color_loss": ("l1", "huber"), "train.gradient": ("numerical", "analytic"),
            "train.mixed_precision": ("auto", "off", "bf16", "fp16"), "dynamic.coordinates": ("world", "canonical"),
            "encoding.half_table": ("auto", "on", "off")}
-# "section.field": (least, most); None: unbounded. Checked by validate(), used by the CLI and the add-on.
+# "section.field": (least, most), both included; None: unbounded. Every number of the configuration
+# has one (tests/engine/test_config.py checks), checked by validate() and used by the CLI and the add-on.
+# The bounds keep a job inside what the engine can run: memory (samples, rays, table size, grid
+# resolutions), the kernels (features per level), and numbers that mean something (weights >= 0).
 RANGES = {
-    "encoding.levels": (1, None), "encoding.features": (1, None),
-    "render.samples_per_ray": (1, None), "render.up_sample_rounds": (1, None), "render.fine_samples": (0, None),
-    "train.iterations": (1, None), "train.rays_per_batch": (1, None), "train.preview_every": (0, None),
-    "mesh.resolution": (8, 2048), "mesh.block": (1, None),
-    "data.downscale": (1, None), "data.holdout_every": (0, None),
-    "dynamic.frame_iterations": (1, None), "dynamic.prediction_iterations": (0, None),
+    "encoding.levels": (1, 32), "encoding.features": (1, 8), "encoding.log2_table": (4, 26),
+    "encoding.base_resolution": (1, 4096), "encoding.finest_resolution": (1, 65536),
+    "network.sdf_hidden": (1, 1024), "network.sdf_layers": (1, 8), "network.geo_features": (1, 256),
+    "network.color_hidden": (1, 1024), "network.color_layers": (1, 8), "network.init_radius": (0.0, 1.0),
+    "render.samples_per_ray": (1, 4096), "render.fine_samples": (0, 1024), "render.up_sample_rounds": (1, 16),
+    "render.occupancy_resolution": (8, 512), "render.occupancy_update_every": (1, None),
+    "render.init_inv_s": (0.0, 1e6), "render.cos_anneal_iters": (0, None), "render.background": (0.0, 1.0),
+    "render.background_samples": (1, 1024), "render.early_stop": (0.0, 1.0), "render.skip_alpha": (0.0, 1.0),
+    "train.iterations": (1, 10 ** 8), "train.rays_per_batch": (1, 2 ** 20), "train.target_samples": (0, 2 ** 24),
+    "train.max_rays": (0, 2 ** 22), "train.lr": (0.0, 1.0), "train.lr_variance": (0.0, 1.0),
+    "train.warmup_iters": (0, None), "train.final_lr_factor": (0.0, 1.0), "train.eikonal_weight": (0.0, 1e3),
+    "train.mask_weight": (0.0, 1e3), "train.curvature_weight": (0.0, 1e3), "train.start_levels": (1, 32),
+    "train.level_every": (1, None), "train.grid_weight_decay": (0.0, 1.0), "train.checkpoint_every": (0, None),
+    "train.preview_every": (0, None), "train.seed": (0, 2 ** 63 - 1),
+    "mesh.resolution": (8, 2048), "mesh.block": (8, 1024),
+    "data.downscale": (1, 64), "data.holdout_every": (0, None),
+    "dynamic.frame_iterations": (1, None), "dynamic.frame_lr_factor": (0.0, 1.0),
+    "dynamic.prediction_iterations": (0, None), "dynamic.prediction_lr": (0.0, 1.0),
+    "dynamic.prediction_mask_weight": (0.0, 1e3),
 }
-POSITIVE = ("dynamic.frame_lr_factor", "dynamic.prediction_lr")  # must be > 0
+# Above their least, not at it (a zero learning rate or scale means nothing).
+POSITIVE = ("network.init_radius", "render.init_inv_s", "train.lr", "train.final_lr_factor",
+            "dynamic.frame_lr_factor", "dynamic.prediction_lr")
 
 
 def range_problem(key, value, name=None):
     """The InputError message for `value` outside RANGES[key] (named `name`, default `key`), or None."""
     least, most = RANGES[key]
     name = name or key
-    if most is not None and not least <= value <= most:
-        return f"{name} must be between {least} and {most}, got {value}"
-    if value < least:
-        return f"{name} must be at least {least}, got {value}"
+    if isinstance(value, float) and not math.isfinite(value):
+        return f"{name} must be a finite number, got {value}"
+    allowed = (f"between {least} and {most}" if most is not None else f"at least {least}")
+    if key in POSITIVE and value <= least:
+        return f"{name} must be positive" + (f" and at most {most}" if most is not None else "") + f", got {value}"
+    if value < least or (most is not None and value > most):
+        return f"{name} must be {allowed}, got {value}"
     return None
 
 
@@ -208,10 +230,9 @@ class Config:
             problem = range_problem(key, getattr(getattr(self, section), name))
             if problem:
                 raise InputError(problem)
-        for key in POSITIVE:
-            section, name = key.split(".")
-            if not getattr(getattr(self, section), name) > 0:
-                raise InputError(f"{key} must be positive, got {getattr(getattr(self, section), name)}")
+        if self.encoding.finest_resolution < self.encoding.base_resolution:
+            raise InputError(f"encoding.finest_resolution ({self.encoding.finest_resolution}) must be at least "
+                             f"encoding.base_resolution ({self.encoding.base_resolution})")
         if self.dynamic.frames:
             parse_frames(self.dynamic.frames)
 

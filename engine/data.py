@@ -6,6 +6,7 @@ without, it is guessed from where the cameras look (a warning says so).
 """
 import dataclasses
 import json
+import warnings
 from dataclasses import dataclass
 
 import numpy as np
@@ -14,6 +15,7 @@ import torch
 from .io.protocol import write_json
 from .io.region import estimate_region
 from .io.rig import RigError, image_size
+from .io.rig.model import MAX_IMAGE_PIXELS, check_image_pixels, header_size
 
 try:
     from PIL import Image
@@ -60,21 +62,69 @@ class Normalization:
 
 
 def load_image(path, where, size=None):
-    """(H, W, 3) float32 RGB in [0, 1] and the alpha channel (H, W) or None; `size` (width, height)
-    resamples it by area averaging (for --downscale)."""
+    """(H, W, 3) float32 RGB in [0, 1] and the alpha channel (H, W) float32 in [0, 1], or None when the
+    image has none; `size` (width, height) resamples both by area averaging (for --downscale).
+
+    Every mode Pillow opens is converted by value, not clipped: 8-bit grey (L) and 1-bit become three
+    equal channels; palette images (P, PA) take their palette's colours; CMYK JPEGs Pillow's CMYK to RGB;
+    16-bit grey (I;16, I;16B, I;16L and Pillow's 32-bit I) is scaled by 1/65535 (larger values clip to 1).
+    Alpha (RGBA, LA, PA, or a PNG tRNS transparency of a P, L, RGB or 16-bit grey image) becomes the
+    alpha channel. Images above MAX_IMAGE_PIXELS are refused (RigError naming the file and its size)
+    before anything is decoded.
+    """
     if Image is None:
         raise RigError("Pillow is not installed in the engine's Python; run `python3 build.py setup`")
     try:
-        with Image.open(path) as im:
-            im.load()
-            has_alpha = im.mode in ("RGBA", "LA") or (im.mode == "P" and "transparency" in im.info)
-            im = im.convert("RGBA" if has_alpha else "RGB")
-            if size is not None and tuple(size) != im.size:
-                im = im.resize(tuple(size), Image.BOX)
-            array = np.asarray(im, dtype=np.float32) / 255.0
-    except (OSError, ValueError) as exc:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            with Image.open(path) as im:
+                check_image_pixels(path, *im.size)
+                im.load()
+                if im.mode in WIDE_GREY_MODES:
+                    return _wide_grey(im, size)
+                has_alpha = im.mode in ALPHA_MODES or "transparency" in im.info
+                im = im.convert("RGBA" if has_alpha else "RGB")
+                if size is not None and tuple(size) != im.size:
+                    im = im.resize(tuple(size), Image.BOX)
+                array = np.asarray(im, dtype=np.float32) / 255.0
+    except RigError:
+        raise
+    except Image.DecompressionBombError as exc:   # Pillow's own limit, checked in Image.open
+        try:
+            size_in_header = header_size(path)
+        except RigError:
+            size_in_header = None
+        if size_in_header is not None:
+            check_image_pixels(path, *size_in_header)
+        raise RigError(f"{path}: image for {where} is too large ({exc}); Marble reads images of at most "
+                       f"{MAX_IMAGE_PIXELS / 1e6:.0f} megapixels") from None
+    except (OSError, ValueError, SyntaxError) as exc:
         raise RigError(f"{path}: cannot read image for {where} ({exc})") from None
     return array[..., :3], (array[..., 3] if has_alpha else None)
+
+
+# Pillow modes of grey images deeper than 8 bits (16-bit PNGs): values on the 0..65535 scale.
+WIDE_GREY_MODES = ("I;16", "I;16B", "I;16L", "I;16N", "I")
+ALPHA_MODES = ("RGBA", "RGBa", "LA", "La", "PA")
+
+
+def _wide_grey(im, size):
+    """load_image for a 16-bit grey image: grey / 65535 in three channels; its tRNS grey value, if any,
+    becomes alpha 0 (else 1)."""
+    raw = np.asarray(im).astype(np.float64)
+    grey = np.clip(raw / 65535.0, 0.0, 1.0).astype(np.float32)
+    transparency = im.info.get("transparency")
+    alpha = None
+    if isinstance(transparency, int) and not isinstance(transparency, bool):
+        alpha = (raw != transparency).astype(np.float32)
+    if size is not None and tuple(size) != (grey.shape[1], grey.shape[0]):
+        grey, alpha = _resize(grey, size), (None if alpha is None else _resize(alpha, size))
+    return np.repeat(grey[..., None], 3, axis=-1), alpha
+
+
+def _resize(array, size):
+    """A float32 (H, W) array resampled to `size` (width, height) by area averaging."""
+    return np.asarray(Image.fromarray(np.ascontiguousarray(array, dtype=np.float32)).resize(tuple(size), Image.BOX), dtype=np.float32)
 
 
 def downscaled_view(view, factor):

@@ -31,8 +31,12 @@ class Emitter:
         self.stream.write(line + "\n")
         self.stream.flush()
         if self.file is not None:
-            self.file.write(line + "\n")
-            self.file.flush()
+            try:
+                self.file.write(line + "\n")
+                self.file.flush()
+            except OSError as exc:  # a full disk: stdout (the add-on) still gets every event
+                self.file = None
+                self.log(f"warning: {protocol.EVENTS_FILE} is no longer written ({exc.strerror or exc})")
 
     def log(self, message):
         sys.stderr.write(f"[marble {self.elapsed():7.1f}s] {message}\n")

@@ -5,13 +5,14 @@ import torch
 
 
 @torch.no_grad()
-def extract_mesh(sdf_fn, resolution, bounds=(-1.0, 1.0), block=128, inside_fn=None, chunk=131072):
+def extract_mesh(sdf_fn, resolution, bounds=(-1.0, 1.0), block=128, inside_fn=None, chunk=131072, check=None):
     """Vertices (V, 3) and faces (F, 3) of {sdf = 0} on a resolution^3 lattice spanning `bounds`.
 
     `sdf_fn` maps (N, 3) float tensors to (N,) SDF values (negative inside). The lattice is processed
     in blocks of `block`^3 cells that share their boundary samples, so memory stays bounded at any
     resolution; vertices on shared block faces are welded. Points where `inside_fn` is False are
-    treated as empty space.
+    treated as empty space. `check()` is called before every chunk of SDF evaluations (a cancel
+    request raises from it), so a large extraction stops within a chunk's time.
     """
     lo, hi = (np.full(3, bounds[0], float), np.full(3, bounds[1], float)) if np.isscalar(bounds[0]) else \
         (np.asarray(bounds[0], float), np.asarray(bounds[1], float))
@@ -29,7 +30,7 @@ def extract_mesh(sdf_fn, resolution, bounds=(-1.0, 1.0), block=128, inside_fn=No
                 if not inside.any():
                     continue
                 values = torch.full((len(pts),), float(spacing.max()))
-                values[inside] = torch.cat([sdf_fn(p) for p in pts[inside].split(chunk)])
+                values[inside] = torch.cat([_checked(sdf_fn, p, check) for p in pts[inside].split(chunk)])
                 volume = values.view(len(idx[0]), len(idx[1]), len(idx[2])).numpy().astype(np.float64)
                 if volume.min() > 0 or volume.max() < 0:
                     continue
@@ -49,6 +50,12 @@ def extract_mesh(sdf_fn, resolution, bounds=(-1.0, 1.0), block=128, inside_fn=No
     vertices, faces = vertices[first], inverse.reshape(-1)[faces]
     faces = faces[(faces[:, 0] != faces[:, 1]) & (faces[:, 1] != faces[:, 2]) & (faces[:, 0] != faces[:, 2])]
     return lo + vertices * spacing, faces
+
+
+def _checked(sdf_fn, points, check):
+    if check is not None:
+        check()
+    return sdf_fn(points)
 
 
 def largest_component(vertices, faces):

@@ -11,7 +11,9 @@ import numpy as np
 from .config import InputError, parse_frames
 from .data import Normalization
 from .io import protocol
+from .inputs import check_cameras, check_image_sizes, check_region
 from .io.rig import RigError
+from .jobdir import read_normalization
 
 
 def resolve_device(name):
@@ -60,6 +62,11 @@ class Session:
             frames = select_frames(rig, cfg.dynamic.frames)
         elif cfg.dynamic.frames:
             raise InputError(f"--frames {cfg.dynamic.frames}: {rig.path} is not a dynamic rig (it has one frame)")
+        first = [v for v in rig.views if v.frame == rig.views[0].frame] if rig.views else []
+        check_cameras(first, rig.path)
+        check_image_sizes(rig.views, cfg.data.downscale, rig.path)
+        if region is not None:
+            check_region(first, region[:3], region[3], "--region")
         device = resolve_device(cfg.device)
         from .nn.backends import resolve_backend
         resolve_backend(cfg.backend, device, cfg.encoding.features)  # a bad choice fails before the job exists
@@ -97,7 +104,8 @@ class Session:
         estimate it from the images (engine.data.RayDataset)."""
         saved = os.path.join(self.job_dir, protocol.NORMALIZATION_FILE)
         if os.path.exists(saved):
-            return Normalization.load(saved)
+            center, radius = read_normalization(saved)
+            return Normalization(np.asarray(center), radius)
         if self.region is not None:
             return Normalization(np.asarray(self.region[:3], dtype=float), self.region[3])
         if self.rig.normalization is not None:

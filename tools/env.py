@@ -31,6 +31,7 @@ PINS = {
     "PyMCubes": "0.1.6",
     "pillow": "12.0.0",
     "pytest": "9.2.0",
+    "hypothesis": "6.170.17",  # property-based fuzzing of the rig readers (tests/io/test_rig_fuzz.py)
     "scipy": "1.15.3",      # k-d tree for exact point-to-surface distances (engine.metrics)
     "triton": "3.7.1",      # the GPU kernels' compiler (the version torch 2.13's CUDA build pins); on the CPU
                             # its interpreter runs the kernels for the tests (TRITON_INTERPRET=1)

@@ -61,7 +61,10 @@ def job_sequence(context):
 
 
 def _wrapped_labels(layout, text, icon='NONE', width=48, max_lines=14):
-    # Labels do not wrap: long engine messages (a log tail) are split by hand.
+    # Labels do not wrap: long engine messages (a log tail) are split by hand. The job state keeps at
+    # most about reducer.MAX_MESSAGE_CHARS of a message; anything longer is cut here too, never wrapped whole.
+    limit = reducer.MAX_MESSAGE_CHARS + reducer.NOTE_CHARS
+    text = text if len(text) <= limit else text[:limit] + "…"
     lines = []
     for paragraph in text.splitlines() or [""]:
         lines += textwrap.wrap(paragraph, width) or [""]

@@ -8,6 +8,7 @@ loop until it returns None.
 """
 import atexit
 import queue
+import subprocess
 import time
 import traceback
 
@@ -21,7 +22,8 @@ from .process import EOF, EngineProcess, JobError, spawn
 TICK_SECONDS = 0.2          # how often the timer drains events while a job runs
 MAX_EVENTS_PER_TICK = 200   # keep one tick short even when the engine floods its output
 CANCEL_GRACE_S = 30.0       # after a cancel request: wait this long, then SIGTERM, then as long again, SIGKILL
-EXIT_GRACE_S = 5.0          # the engine exited but something still holds its stdout open
+EXIT_GRACE_S = 5.0          # the engine exited, every event is handled, but something still holds its stdout open
+RELEASE_TIMEOUT_S = 10.0    # a new job waits this long for the previous engine to exit after its final event
 
 
 class Job(EngineProcess, effects.SceneTargets):
@@ -37,7 +39,11 @@ _job = None
 
 
 def is_running():
-    return _job is not None
+    """A job runs until its outcome is known: its final event (done, error, cancelled) was handled, or
+    the engine exited. The state shows its final value at the same moment, so what the panel shows and
+    what the operators allow (Train, Resume, Cancel) agree; an engine still exiting after its final
+    event is released by the tick, or at once by the next start()."""
+    return _job is not None and _job.final is None
 
 
 def current_job():
@@ -48,6 +54,8 @@ def start(context, resume=False):
     """Start training the scene's rig (or, with `resume`, go on with the scene's last job from its
     checkpoint); raises JobError with a message for the user when it cannot."""
     global _job
+    if _job is not None and _job.final is not None:
+        _release(_job)  # its outcome is shown already; only its process still exits
     if _job is not None:
         where = f" (scene '{_job.scene_name}')" if _job.scene_name != context.scene.name else ""
         raise JobError(f"A Marble job is already running{where}: wait for it or cancel it first; "
@@ -71,7 +79,7 @@ def start(context, resume=False):
 def cancel():
     """Ask the running engine to stop (it saves a checkpoint first). False when no job runs."""
     job = _job
-    if job is None:
+    if job is None or job.final is not None:
         return False
     if job.request_cancel(time.monotonic()):
         state = _state()
@@ -96,25 +104,32 @@ def tick():
         state = _state()
         if state is not None:
             state.state = 'failed'
-            state.message = f"Marble's job client failed: {exc}"
+            state.message = reducer.bounded(f"Marble's job client failed: {exc}")
         _clear(job)
         return None
 
 
-def _tick(job):
-    state = _state()
-    changed = False
-    for _ in range(MAX_EVENTS_PER_TICK):
+def _handle_events(job, state, limit):
+    """Handle up to `limit` queued events (None: all); True when any was handled."""
+    changed, count = False, 0
+    while limit is None or count < limit:
         try:
             item = job.events.get_nowait()
         except queue.Empty:
             break
+        job.last_item_at = time.monotonic()
         if item is EOF:
             job.eof = True
             break
-        changed = True
-        if effects.handle(job, item, state):
+        changed, count = True, count + 1
+        if effects.handle(job, item, state) and limit is not None:
             break  # it imported meshes: the next events wait for the next tick, so Blender stays responsive
+    return changed
+
+
+def _tick(job):
+    state = _state()
+    changed = _handle_events(job, state, MAX_EVENTS_PER_TICK)
 
     now = time.monotonic()
     if job.final is not None and job.final_at is None:
@@ -130,7 +145,11 @@ def _tick(job):
             job.process.kill()
     if returncode is not None and job.exited_at is None:
         job.exited_at = now
-    if returncode is not None and (job.eof or now - job.exited_at > EXIT_GRACE_S):
+    # Finished when every event is handled: the reader reached the end of stdout (EOF is queued after
+    # the last event), or, when something else still holds stdout open, nothing came for EXIT_GRACE_S
+    # after the engine exited and the queue is empty. Never while events wait: the final one may be among them.
+    quiet_since = max(job.exited_at or now, job.last_item_at or 0.0)
+    if returncode is not None and (job.eof or (job.events.empty() and now - quiet_since > EXIT_GRACE_S)):
         _finish(job, returncode, state)
         _redraw()
         return None
@@ -148,6 +167,20 @@ def _finish(job, returncode, state):
                       resumable=reducer.has_checkpoint(job.job_dir),
                       tail=job.log_tail() if own_failure else "", log_path=job.log_path)
     _clear(job)
+
+
+def _release(job, timeout=RELEASE_TIMEOUT_S):
+    """Release a job whose final event was handled but whose engine has not exited yet (start() of the
+    next job): wait for it to exit (SIGTERM, then SIGKILL when it lingers), handle what it still sent."""
+    try:
+        job.process.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        job.stop(timeout)
+    job.reader.join(timeout=1.0)
+    state = _state()
+    _handle_events(job, state, None)
+    returncode = job.process.poll()
+    _finish(job, -9 if returncode is None else returncode, state)
 
 
 def _clear(job):
@@ -208,7 +241,12 @@ def _on_load(_filepath=None):
     state = _state()
     scene = getattr(bpy.context, "scene", None)
     if state is not None and scene is not None and hasattr(scene, "marble"):
-        restore_state(scene, state)
+        try:
+            restore_state(scene, state)
+        except Exception as exc:  # a damaged job folder must not break loading the file
+            traceback.print_exc()
+            state.state = 'idle'
+            state.message = reducer.bounded(f"The last job's state cannot be shown: {exc}")
 
 
 def register():

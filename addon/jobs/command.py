@@ -67,7 +67,7 @@ def plan(context, resume=False):
         if job_dir is None:
             raise JobError("Nothing to resume: the scene's last job has no checkpoint")
     elif settings.job_dir:
-        job_dir = os.path.abspath(bpy.path.abspath(settings.job_dir))
+        job_dir = fresh_job_dir(os.path.abspath(bpy.path.abspath(settings.job_dir)))
     else:
         job_dir = new_job_dir()
     try:
@@ -105,16 +105,48 @@ def engine_interpreter():
 # ---------------------------------------------------------------------------------------------
 # Job folders
 
-def new_job_dir():
-    """A fresh timestamped folder under the jobs folder of the preferences."""
-    base = preferences.jobs_root()
+# What an earlier job leaves in its folder (the engine's own list, engine/jobdir.py, plus the add-on's
+# engine.log): a folder holding any of them is never used for a new job.
+JOB_ENTRIES = (protocol.CONFIG_FILE, protocol.EVENTS_FILE, protocol.NORMALIZATION_FILE, protocol.CHECKPOINTS_DIR,
+               protocol.MESHES_DIR, protocol.PREVIEWS_DIR, protocol.CURVES_FILE, "eval", protocol.LOG_FILE)
+
+
+def holds_a_job(path):
+    """True when `path` is a folder an earlier job wrote into (or a file: no job can go there)."""
+    if not os.path.exists(path):
+        return False
+    if not os.path.isdir(path):
+        return True
+    return any(os.path.exists(os.path.join(path, name)) for name in JOB_ENTRIES)
+
+
+def new_job_dir(base=None):
+    """A fresh timestamped folder, made here, under `base` (default: the jobs folder of the preferences).
+    Made exclusively: two jobs started in the same second get different folders."""
+    base = base or preferences.jobs_root()
     stamp = time.strftime("%Y%m%d-%H%M%S")
-    path, n = os.path.join(base, stamp), 1
-    while os.path.exists(path):
-        n += 1
-        path = os.path.join(base, f"{stamp}-{n}")
-    os.makedirs(path)
-    return path
+    for n in range(1, 10000):
+        path = os.path.join(base, stamp if n == 1 else f"{stamp}-{n}")
+        try:
+            os.makedirs(path)
+        except FileExistsError:
+            continue
+        except OSError as exc:
+            raise JobError(f"Cannot create the job folder {path}: {exc.strerror}") from None
+        return path
+    raise JobError(f"Cannot find a free name for a new job folder in {base}")
+
+
+def fresh_job_dir(chosen):
+    """A new (not resumed) job's folder for the scene's fixed Job Folder `chosen`: the folder itself
+    while no job used it, else a fresh timestamped sub-folder of it. An earlier job's folder is never
+    reused: its files (normalization, checkpoints, meshes) would mix with the new job's (the engine
+    refuses such a folder without --resume). Resume goes on in the scene's last job folder instead."""
+    if not holds_a_job(chosen):
+        return chosen
+    if not os.path.isdir(chosen):
+        raise JobError(f"The Job Folder is a file, not a folder: {chosen}")
+    return new_job_dir(chosen)
 
 
 def shown_job_dir(context):

@@ -67,7 +67,8 @@ def handle(job, event, state):
         state.resumable = reducer.has_checkpoint(job.job_dir)
     elif kind == protocol.DONE:
         remove_preview(job)
-        outputs = event.get("outputs") or {}
+        outputs = event.get("outputs")
+        outputs = outputs if isinstance(outputs, dict) else {}
         if job.dynamic or outputs.get("sequence"):
             return _finish_sequence(job, state, outputs)
         return _import_mesh(job, state)
@@ -82,7 +83,7 @@ def _import_mesh(job, state):
         obj = meshes.build_mesh(mesh_path, _target_collection(job), name=_mesh_name(job))
     except (meshes.MeshError, OSError) as exc:
         state.state = 'failed'
-        state.message = f"The engine finished but its mesh cannot be imported: {exc}"
+        state.message = reducer.bounded(f"The engine finished but its mesh cannot be imported: {exc}")
     else:
         meshes.show_color_attributes(bpy.context.window_manager)
         state.state = 'done'
@@ -94,7 +95,7 @@ def fail(job, state, message):
     """The add-on cannot go on with this job: show why and stop the engine (it saves a checkpoint)."""
     job.failure = message
     state.state = 'failed'
-    state.message = message
+    state.message = reducer.bounded(message)
     if job.final is None:
         job.request_cancel(time.monotonic())
 
@@ -225,7 +226,7 @@ def _finish_sequence(job, state, outputs):
                                         remove_missing=True)
     except (ValueError, OSError) as exc:
         state.state = 'failed'
-        state.message = f"The engine finished but its sequence cannot be imported: {exc}"
+        state.message = reducer.bounded(f"The engine finished but its sequence cannot be imported: {exc}")
         return True
     meshes.show_color_attributes(bpy.context.window_manager)
     frames = live.frames()

@@ -9,9 +9,13 @@ import subprocess
 import threading
 
 from ...engine.io import protocol
+from .reducer import MAX_MESSAGE_CHARS, bounded
 
 LOG_TAIL_LINES = 12
 EOF = object()              # put on the queue by the reader thread when stdout closes
+READ_CHUNK_CHARS = 1 << 20  # the reader reads a line at most this much at a time
+MAX_EVENT_LINE_CHARS = 64 << 20  # a longer stdout line is no event: streamed to engine.log, never kept whole
+MAX_TEXT_CHARS = MAX_MESSAGE_CHARS  # what is kept of one stray stdout line or event message (the log has it all)
 
 
 class JobError(Exception):
@@ -29,13 +33,15 @@ class EngineProcess:
         self.log_offset = log_offset          # where this run's output starts in engine.log
         self.events = queue.Queue()
         self.stray_lines = collections.deque(maxlen=LOG_TAIL_LINES)  # stdout lines that are no events
+        self.lock = threading.Lock()          # guards stray_lines: the reader thread appends, the tick reads
         self.final = None                     # kind of the final event once it arrived
         self.final_at = None
         self.eof = False
+        self.last_item_at = None              # when the tick last took something off the queue
         self.exited_at = None
         self.cancel_requested_at = None
         self.terminated_at = None
-        self.reader = threading.Thread(target=_read_events, args=(process.stdout, self.events, self.stray_lines),
+        self.reader = threading.Thread(target=_read_events, args=(process.stdout, self.events, self),
                                        name="marble-engine-reader", daemon=True)
 
     def send_cancel(self):
@@ -88,19 +94,109 @@ class EngineProcess:
                 text = f.read().decode("utf-8", "replace")
         except OSError:
             pass
-        tail = [line for line in text.splitlines() if line.strip()] + list(self.stray_lines)
+        with self.lock:  # a snapshot: the reader thread may be appending meanwhile
+            stray = list(self.stray_lines)
+        tail = [line for line in text.splitlines() if line.strip()] + stray
         return "\n".join(tail[-lines:])
 
+    def add_stray_line(self, line):
+        """A stdout line that is no event (reader thread): kept for the log tail, at most MAX_TEXT_CHARS."""
+        with self.lock:
+            self.stray_lines.append(line)
 
-def _read_events(stream, events, stray_lines):
-    # Runs on the reader thread: only the queue and the deque are touched here, never Blender data.
+    def log_text(self, title, pieces):
+        """Append `title` and the text `pieces` (an iterable of strings) to engine.log: the full text of
+        something cut short in the job state. Never raises."""
+        try:
+            with open(self.log_path, "a", encoding="utf-8", errors="replace") as log:
+                log.write(f"[marble add-on] {title}:\n")
+                for piece in pieces:
+                    log.write(piece)
+                log.write("\n")
+        except (OSError, TypeError):
+            pass
+
+
+def _cut(text, total=None):
+    return bounded(text, MAX_TEXT_CHARS, total=total)
+
+
+def _read_line(stream, owner):
+    """One line of `stream` (None at its end), read at most READ_CHUNK_CHARS at a time. A line that is
+    no event is never kept whole: past MAX_TEXT_CHARS its text streams into engine.log and a cut copy
+    is returned; an event line is kept up to MAX_EVENT_LINE_CHARS."""
+    first = stream.readline(READ_CHUNK_CHARS)
+    if not first:
+        return None
+    if first.endswith("\n"):
+        return first
+    if not first.lstrip().startswith("{"):  # no event: stream the rest of it into the log
+        return _stream_to_log(stream, owner, [first])
+    pieces, size = [first], len(first)
+    while not pieces[-1].endswith("\n"):
+        piece = stream.readline(READ_CHUNK_CHARS)
+        if not piece:
+            break
+        pieces.append(piece)
+        size += len(piece)
+        if size > MAX_EVENT_LINE_CHARS:
+            return _stream_to_log(stream, owner, pieces)
+    return "".join(pieces)
+
+
+def _stream_to_log(stream, owner, pieces):
+    """The rest of a long line goes piece by piece into engine.log; returns its first MAX_TEXT_CHARS."""
+    head, total = "".join(pieces)[:MAX_TEXT_CHARS + 1], sum(len(p) for p in pieces)
+    ended = [pieces[-1].endswith("\n")]
+
+    def rest():
+        nonlocal total
+        yield from pieces
+        pieces.clear()  # what was read so far is in the log now: not kept
+        while not ended[0]:
+            piece = stream.readline(READ_CHUNK_CHARS)
+            if not piece:
+                break
+            total += len(piece)
+            ended[0] = piece.endswith("\n")
+            yield piece
+
+    owner.log_text("a long line on the engine's stdout", rest())
+    while not ended[0]:  # the log could not be written: still read (and drop) the rest of the line
+        piece = stream.readline(READ_CHUNK_CHARS)
+        if not piece:
+            break
+        total += len(piece)
+        ended[0] = piece.endswith("\n")
+    return _cut(head.rstrip("\n"), total) + "\n"
+
+
+def _bounded_event(event, owner):
+    """An event whose message is longer than MAX_TEXT_CHARS keeps a cut copy; the full text goes to the log."""
+    message = event.get("message")
+    if isinstance(message, str) and len(message) > MAX_TEXT_CHARS:
+        owner.log_text(f"the full message of the engine's {event.get('event')} event", [message])
+        event["message"] = _cut(message)
+    return event
+
+
+def _read_events(stream, events, owner):
+    # Runs on the reader thread: only the queue, the stray lines (under owner.lock) and engine.log are
+    # touched here, never Blender data.
     try:
-        for line in stream:
-            event = protocol.decode(line)
+        while True:
+            line = _read_line(stream, owner)
+            if line is None:
+                break
+            try:
+                event = protocol.decode(line)
+            except RecursionError:  # JSON nested deeper than Python's parser goes: no event
+                event = None
             if event is not None:
-                events.put(event)
+                events.put(_bounded_event(event, owner))
             elif line.strip():
-                stray_lines.append(line.rstrip())
+                owner.add_stray_line(_cut(line.rstrip()))
+            del line, event
     except (OSError, ValueError):
         pass
     finally:

@@ -5,20 +5,52 @@ Pure: no bpy and no scene changes. `state` is any object with wm.marble_job's at
 property group itself, or a types.SimpleNamespace in tests). Used by the live tick and to show a job
 again from its events.jsonl after a file load.
 """
+import math
 import os
 
 from ...engine.io import protocol
 from ...engine.io import sequence as sequence_io
 
 PHASES = {"predict": "predicting its motion", "train": "training"}  # a dynamic job's phases within a frame
+INT_LIMIT = 2 ** 31 - 1      # Blender's IntProperty is 32-bit: a larger number would raise in the tick
+FLOAT_LIMIT = 1e30           # Blender's FloatProperty is 32-bit; larger (or non-finite) figures mean nothing
+MAX_MESSAGE_CHARS = 2000     # what the job state keeps of one message (the panel re-wraps it on every redraw)
 
 
 def _number(value, default=0.0):
-    return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else default
+    """`value` as a float when it is a finite number within FLOAT_LIMIT, else `default` (an engine's
+    Infinity, NaN or 1e400 is skipped, never stored)."""
+    if not isinstance(value, (int, float)) or isinstance(value, bool):
+        return default
+    try:
+        number = float(value)
+    except OverflowError:  # an int too large for a float
+        return default
+    return number if math.isfinite(number) and abs(number) <= FLOAT_LIMIT else default
+
+
+def _count(value, default=0):
+    """`value` as an int for an IntProperty (iteration, total): finite and within INT_LIMIT, else `default`."""
+    number = _number(value, None)
+    return int(number) if number is not None and abs(number) <= INT_LIMIT else default
 
 
 def is_integer(value):
-    return isinstance(value, int) and not isinstance(value, bool)
+    """An int (not a bool) that fits Blender's IntProperty."""
+    return isinstance(value, int) and not isinstance(value, bool) and abs(value) <= INT_LIMIT
+
+
+NOTE_CHARS = 120             # room for bounded()'s note: a text cut once passes unchanged
+
+
+def bounded(text, limit=MAX_MESSAGE_CHARS, where=protocol.LOG_FILE, total=None):
+    """`text` cut to `limit` characters, saying how much more there is and where the full text is
+    (`total`: the length of the full text when `text` is already only its beginning)."""
+    text = str(text)
+    total = len(text) if total is None else total
+    if total <= limit + NOTE_CHARS and len(text) <= limit + NOTE_CHARS:
+        return text
+    return f"{text[:limit]}… ({total - limit} more characters; the full text is in the job's {where})"
 
 
 def has_checkpoint(job_dir):
@@ -82,13 +114,13 @@ def update_state(state, event):
         elif name == "predict":
             state.phase = "predict"
     elif kind == protocol.PROGRESS:
-        iteration, total = int(_number(event.get("iteration"))), int(_number(event.get("total")))
+        iteration, total = _count(event.get("iteration")), _count(event.get("total"))
         state.iteration = iteration
         if total > 0:
             state.total = total
-        overall = event.get("sequence_progress")
-        if is_integer(overall) or isinstance(overall, float):  # a dynamic job: the bar covers every frame
-            state.progress = min(1.0, max(0.0, float(overall)))
+        overall = _number(event.get("sequence_progress"), None)
+        if overall is not None:  # a dynamic job: the bar covers every frame
+            state.progress = min(1.0, max(0.0, overall))
         elif total > 0:
             state.progress = min(1.0, max(0.0, iteration / total))
         state.loss = _number(event.get("loss"), state.loss)
@@ -108,20 +140,21 @@ def update_state(state, event):
         if is_integer(event.get("frame")) and event.get("sequence"):
             state.sequence_path = str(event["sequence"])
     elif kind == protocol.WARNING:
-        state.message = str(event.get("message", ""))
+        state.message = bounded(event.get("message", ""))
     elif kind == protocol.ERROR:
         state.state = 'failed'
-        state.message = str(event.get("message") or "The engine reported an error")
+        state.message = bounded(event.get("message") or "The engine reported an error")
     elif kind == protocol.CANCELLED:
         state.state = 'cancelled'
         checkpoint = event.get("checkpoint")
-        where = f"iteration {event.get('iteration', state.iteration)}"
+        where = f"iteration {_count(event.get('iteration'), state.iteration)}"
         if is_integer(event.get("frame")):
             where = f"frame {event['frame']}, " + where
         state.message = f"Cancelled at {where}; Resume goes on from the checkpoint" if checkpoint else "Cancelled"
         state.resumable = bool(checkpoint)
     elif kind == protocol.DONE:
-        outputs = event.get("outputs") or {}
+        outputs = event.get("outputs")
+        outputs = outputs if isinstance(outputs, dict) else {}
         if outputs.get("mesh"):
             state.mesh_path = str(outputs["mesh"])
         if outputs.get("sequence"):
@@ -138,7 +171,7 @@ def ended(state, returncode, failure=None, cancel_requested=False, resumable=Fal
     state.resumable = resumable
     if failure is not None:
         state.state = 'failed'
-        state.message = failure
+        state.message = bounded(failure)
     elif cancel_requested:
         state.state = 'cancelled'
         state.message = f"The engine stopped (exit code {returncode}) before confirming the cancel"
@@ -151,6 +184,8 @@ def ended(state, returncode, failure=None, cancel_requested=False, resumable=Fal
             how = f"The engine exited with code {returncode} without finishing"
         if resumable:
             how += "; Resume goes on from its last checkpoint"
+        if tail:  # the last lines, not the first: what a crash says last is what counts
+            tail = tail if len(tail) <= MAX_MESSAGE_CHARS else "…" + tail[-MAX_MESSAGE_CHARS:]
         state.message = how + (f"; last lines of {log_path}:\n{tail}" if tail else "")
 
 
@@ -171,19 +206,29 @@ def replay(state, job_dir):
         if job_dir:
             state.message = f"The last job's folder is gone: {job_dir}"
         return False
-    final = None
-    for event in protocol.read_events(events_path):
-        update_state(state, event)
-        if event.get("event") in (protocol.ERROR, protocol.CANCELLED, protocol.DONE):
-            final = event["event"]
-        elif event.get("event") == protocol.STARTED:
-            final = None  # a resumed run starts over in the same file
+    final, problems = None, []
+    try:
+        for event in read_events(events_path, problems):
+            try:
+                update_state(state, event)
+            except (TypeError, ValueError, AttributeError, OverflowError) as exc:  # a damaged event: skipped
+                problems.append(f"an event that cannot be shown ({type(exc).__name__})")
+                continue
+            if event.get("event") in (protocol.ERROR, protocol.CANCELLED, protocol.DONE):
+                final = event["event"]
+            elif event.get("event") == protocol.STARTED:
+                final = None  # a resumed run starts over in the same file
+    except OSError as exc:
+        problems.append(f"cannot be read ({exc.strerror or exc})")
     if state.dynamic:
         # The frames finished so far are those sequence.json lists (a resumed run does not announce them again).
         path = state.sequence_path or sequence_io.sequence_path(job_dir)
         if os.path.isfile(path):
             state.sequence_path = path
-            state.frames_done = sequence_io.count_frames(path)
+            try:
+                state.frames_done = sequence_io.count_frames(path)
+            except (ValueError, OSError) as exc:
+                problems.append(f"{path}: {exc}")
     if final == protocol.DONE:
         state.state = 'done'
         if state.dynamic:
@@ -203,4 +248,38 @@ def replay(state, job_dir):
     else:
         state.resumable = has_checkpoint(job_dir)
     state.eta_s = 0.0
+    if problems:
+        note = f"{events_path} is damaged ({', '.join(sorted(set(problems)))}): shown is what could be read"
+        state.message = bounded(f"{state.message} ({note})" if state.message else note)
     return True
+
+
+MAX_EVENT_LINE_BYTES = 64 << 20  # a longer line of events.jsonl is no event: skipped, never decoded
+
+
+def read_events(path, problems):
+    """The events of an events.jsonl file that can be read: a line that is not UTF-8, not JSON, too
+    long or too deeply nested is skipped, and `problems` says so (a damaged or foreign file restores
+    what it can and never raises, except OSError when it cannot be opened)."""
+    with open(path, "rb") as f:
+        while True:
+            raw = f.readline(MAX_EVENT_LINE_BYTES)
+            if not raw:
+                return
+            if len(raw) >= MAX_EVENT_LINE_BYTES and not raw.endswith(b"\n"):
+                problems.append("a line too long to be an event")
+                while raw and not raw.endswith(b"\n"):  # skip the rest of it, a piece at a time
+                    raw = f.readline(MAX_EVENT_LINE_BYTES)
+                continue
+            try:
+                text = raw.decode("utf-8")
+            except UnicodeDecodeError:
+                problems.append("bytes that are not UTF-8 text")
+                text = raw.decode("utf-8", "replace")
+            try:
+                event = protocol.decode(text)
+            except RecursionError:  # JSON nested deeper than Python's parser goes
+                problems.append("a line nested too deeply")
+                continue
+            if event is not None:
+                yield event

@@ -6,6 +6,7 @@ module, so the names below are the single source of truth for the contract in do
 import json
 import math
 import os
+import tempfile
 
 # Every event has "event" (one of these) and "t" (seconds since the engine started).
 # Dynamic jobs (a rig with several frames) add the fields after the semicolons.
@@ -54,13 +55,22 @@ LOG_FILE = "engine.log"  # stderr of the engine, kept by the add-on
 CURVES_FILE = "curves.png"  # loss and PSNR against iteration, redrawn at each checkpoint
 
 
+_UMASK = os.umask(0o022)
+os.umask(_UMASK)
+FILE_MODE = 0o666 & ~_UMASK  # what open() would have given
+
+
 def write_atomic(path, content):
     """Write `content` (str, as UTF-8, or bytes) to `path` through a temporary file renamed over it, so
-    that readers never see half a file; the temporary file is removed when writing fails."""
-    tmp = path + ".tmp"
+    that readers never see half a file. The temporary name is unique (two writers never share it) and
+    the file is removed when writing fails (a full disk leaves nothing half-made)."""
+    data = content.encode("utf-8") if isinstance(content, str) else content
+    folder, name = os.path.split(os.path.abspath(path))
+    fd, tmp = tempfile.mkstemp(prefix=f".{name}.", suffix=".tmp", dir=folder)
     try:
-        with open(tmp, "wb") as f:
-            f.write(content.encode("utf-8") if isinstance(content, str) else content)
+        os.chmod(tmp, FILE_MODE)  # mkstemp's 0600 would hide the job's files from other users
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
@@ -103,7 +113,8 @@ def decode(line):
 def read_events(path):
     """All events of an events.jsonl file, skipping lines that are not events."""
     events = []
-    with open(path, encoding="utf-8") as f:
+    # Bytes that are not UTF-8 (a damaged or foreign file) become U+FFFD: their lines are not events.
+    with open(path, encoding="utf-8", errors="replace") as f:
         for line in f:
             event = decode(line)
             if event is not None:

@@ -21,7 +21,7 @@ from .motion import axis_angle_to_matrix, compose, from_canonical, matrix_to_axi
 from ..io.ply import write_ply
 from ..io.sequence import sequence_path, write_sequence
 from ..render import OccupancyGrid
-from .checkpoints import latest_checkpoint
+from .checkpoints import load_newest_intact
 from .schedules import active_levels, numerical_step
 from .trainer import Trainer, region_grid
 
@@ -357,13 +357,14 @@ class SequenceTrainer(Trainer):
         self.out.log(f"dynamic rig: {len(self.frames)} frames ({self.frames[0]} to {self.frames[-1]}), "
                      f"{tc.iterations} steps for the first, {self.cfg.dynamic.frame_iterations} for each next; "
                      f"global transformation prediction {'on' if self.prediction_steps() else 'off'}")
-        latest = latest_checkpoint(self.job_dir) if resume else None
+        latest, state = (load_newest_intact(self.job_dir, self.device, self.backend, self.out.warn) if resume
+                         else (None, None))
         if latest is None:
             if resume:
                 self.out.warn("--resume: the job has no checkpoint yet; starting from the beginning")
             self.remove_old_sequence()
         else:
-            self.restore_sequence(self.load_checkpoint(latest), latest)
+            self.restore_sequence(self.load_checkpoint(latest, state), latest)
             where = f"frame {self.frame} ({self.phase})" if self.index < len(self.frames) else "the end of the sequence"
             self.out.log(f"resumed from {latest} at {where}, step {self.step}")
         self.emit_train_stage()

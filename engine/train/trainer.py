@@ -9,12 +9,13 @@ import torch
 
 from ..data import RayDataset, carve
 from ..extract import extract_mesh, largest_component
+from ..inputs import check_region
 from ..io import protocol
 from ..io.ply import write_ply
 from ..nn.model import SDFModel
 from ..nn.precision import mixed_precision_dtype
 from ..render import OccupancyGrid, render_rays
-from .checkpoints import latest_checkpoint, load_checkpoint, save_checkpoint
+from .checkpoints import load_checkpoint, load_newest_intact, save_checkpoint
 from .losses import training_losses
 from .schedules import AdaptiveBatch, active_levels, learning_rate_factor, numerical_step
 
@@ -63,8 +64,9 @@ class Trainer:
                                downscale=self.cfg.data.downscale, use_masks=self.cfg.data.use_masks)
         for message in self.rig.warnings + self.data.warnings:
             self.out.warn(message)
-        self.data.normalization.save(os.path.join(self.job_dir, protocol.NORMALIZATION_FILE))
         n = self.data.normalization
+        check_region(self.rig.views, n.center, n.radius, f"{self.rig.path}")
+        self.data.normalization.save(os.path.join(self.job_dir, protocol.NORMALIZATION_FILE))
         masks = "yes" if self.data.has_masks else "no" if self.cfg.data.use_masks else "no (data.use_masks is off)"
         self.out.log(f"{len(self.rig.views)} views, {self.data.pixel_count} pixels, masks: {masks}; "
                      f"region: centre {np.round(n.center, 4).tolist()}, radius {n.radius:.4g}")
@@ -101,6 +103,14 @@ class Trainer:
         self.write_curves()
         return path
 
+    def resume_checkpoint(self):
+        """Restore the newest intact checkpoint (a damaged newer one is skipped with a warning); its
+        path, or None when the job has none."""
+        path, state = load_newest_intact(self.job_dir, self.device, self.backend, self.out.warn)
+        if path is not None:
+            self.load_checkpoint(path, state)
+        return path
+
     def checkpoint_extra(self):
         """More state for the checkpoint (the dynamic trainer's sequence position)."""
         return {}
@@ -118,9 +128,11 @@ class Trainer:
         except (ImportError, OSError, ValueError) as exc:
             self.out.log(f"warning: could not draw {path}: {exc}")
 
-    def load_checkpoint(self, path):
-        """Restore the training state; returns the checkpoint's dict (for checkpoint_extra's fields)."""
-        state = load_checkpoint(path, self.device, self.backend)
+    def load_checkpoint(self, path, state=None):
+        """Restore the training state from `path` (or its already loaded `state`); returns the
+        checkpoint's dict (for checkpoint_extra's fields)."""
+        if state is None:
+            state = load_checkpoint(path, self.device, self.backend)
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.grid.load_state_dict(state["grid"])
@@ -184,11 +196,10 @@ class Trainer:
         tc = self.cfg.train
         self.load()
         if resume:
-            latest = latest_checkpoint(self.job_dir)
+            latest = self.resume_checkpoint()
             if latest is None:
                 self.out.warn("--resume: the job has no checkpoint yet; starting from the beginning")
             else:
-                self.load_checkpoint(latest)
                 self.out.log(f"resumed from {latest} at step {self.step}")
         self.emit_train_stage()
         self.train_until(tc.iterations)
@@ -259,7 +270,7 @@ class Trainer:
             return region[self.grid.index(points.to(self.device))].cpu()
 
         vertices, faces = extract_mesh(self.sdf_fn, resolution, self.region_bounds(),
-                                       block=self.cfg.mesh.block, inside_fn=inside)
+                                       block=self.cfg.mesh.block, inside_fn=inside, check=self.stop_if_cancelled)
         if self.cfg.mesh.largest_component and len(faces):
             vertices, faces = largest_component(vertices, faces)
         colors = self.vertex_colors(vertices) if len(vertices) else None

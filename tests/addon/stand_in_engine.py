@@ -43,6 +43,12 @@ print("a stray line that is not an event", flush=True)
 if mode == "error":
     emit("error", message=f"{option('--data')}: no usable views (fake)")
     sys.exit(2)
+if mode == "huge":  # a 10 MB stdout line that is no event (sent in pieces), then a 10 MB error message
+    for _ in range(10):
+        sys.stdout.write("x" * (1 << 20))
+    sys.stdout.write("\n")
+    emit("error", message="huge error: " + "y" * (10 << 20) + " :end")
+    sys.exit(2)
 # Like the real engine: the region actually used, from --region or its own estimate.
 if "--region" in args:
     i = args.index("--region")
@@ -55,6 +61,13 @@ total = 4
 for i in range(1, total + 1):
     emit("progress", iteration=i, total=total, loss=1.0 / i, losses={"rgb": 1.0 / i}, psnr=20.0 + i,
          eta_s=float(total - i) * 30, frame=None)
+if mode == "flood":  # thousands of events queued, then done, and the engine exits at once
+    for i in range(int(os.environ.get("MARBLE_FAKE_COUNT", "6000"))):
+        emit("progress", iteration=i % total + 1, total=total, loss=0.5, psnr=20.0, eta_s=1.0, frame=None)
+if mode == "numbers":  # figures no property can hold
+    for value in (float("inf"), float("-inf"), float("nan"), 1e30, 10 ** 30, -10 ** 30, 1e300):
+        emit("progress", iteration=value, total=value, loss=value, psnr=value, eta_s=value, frame=value,
+             sequence_progress=value, frame_index=value, frame_count=value)
 if mode == "die":
     print("Traceback (most recent call last):\nRuntimeError: fake engine crashed on purpose", file=sys.stderr,
           flush=True)
@@ -71,7 +84,12 @@ if mode == "wait":
         f.write(line)
     if line.strip() == "cancel":
         os.makedirs(os.path.join(out, "checkpoints"), exist_ok=True)
-        emit("cancelled", checkpoint=os.path.join(out, "checkpoints", "last.pt"))
+        with open(os.path.join(out, "checkpoints", "step_0000004.pt"), "wb") as f:
+            f.write(b"fake checkpoint")
+        with open(os.path.join(out, "config.json"), "w") as f:
+            json.dump({"preset": option("--preset")}, f)
+        emit("cancelled", checkpoint=os.path.join(out, "checkpoints", "step_0000004.pt"))
+        time.sleep(float(os.environ.get("MARBLE_FAKE_LINGER", "0")))  # like the real engine, exiting takes a while
         sys.exit(3)
     sys.exit(1)
 emit("stage", name="extract")

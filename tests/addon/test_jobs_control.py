@@ -19,7 +19,8 @@ def studio(marble, tmp_path):
 
     rig_path = make_rig(tmp_path, ring_cameras(count=4, width=24, height=20, focal=30.0), name="tiny")
     assert bpy.ops.marble.import_rig(filepath=rig_path) == {'FINISHED'}
-    marble.prefs.python = venv_python()  # runs `python -m engine doctor`
+    marble.prefs.python = venv_python()  # starts `python -m engine doctor` in the background
+    assert marble.preferences.wait_check(timeout=180) == 'ok', marble.prefs.engine_report
     assert marble.prefs.engine_ok, marble.prefs.engine_report
     marble.prefs.preview_every = 0
     settings = bpy.context.scene.marble
@@ -162,6 +163,7 @@ def test_wrong_interpreters_are_reported(studio, tmp_path):
     if not bare or has_torch:
         pytest.skip("no Python without torch on this machine")
     studio.prefs.python = bare
+    assert studio.preferences.wait_check(timeout=180) == 'failed'
     assert not studio.prefs.engine_ok and "torch" in studio.prefs.engine_report
     with pytest.raises(RuntimeError, match="torch"):
         bpy.ops.marble.train()

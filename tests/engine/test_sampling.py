@@ -118,7 +118,7 @@ def test_config_overrides():
             cfg.render.fine_samples) == ("hierarchical", 5e-4, True, 32)
     for bad, message in (("render.sampler=stratified", "render.sampler must be one of"),
                          ("render.nothing=1", "SECTION.FIELD=VALUE"), ("sampler=hierarchical", "SECTION.FIELD"),
-                         ("train.iterations=many", "takes a int"), ("train.iterations=0", "at least 1"),
+                         ("train.iterations=many", "takes a int"), ("train.iterations=0", "between 1 and 100000000, got 0"),
                          ("mesh.largest_component=maybe", "takes a bool")):
         with pytest.raises(InputError, match=message):
             preset("cpu").set(bad)

@@ -22,9 +22,16 @@ Masks: the sorted files of `mask/` (or `masks/`), paired by order when there are
 else by stem or number; a mask pixel is inside when its first channel is > 127 (View.mask_path).
 Cameras without an image are skipped with one warning that counts them; an image without
 world_mat_i is an error.
+
+Reading: the npz is opened as the zip it is and only the `world_mat_i` / `scale_mat_i` members are
+read, one at a time (other keys, e.g. `camera_mat_i` or an unrelated 1 GiB array, are never
+decompressed). A needed member is refused (RigError naming the file and the key) when its
+uncompressed size exceeds MAX_MEMBER_BYTES or its .npy header declares anything but a 3x4 or 4x4
+array of numbers, before any of its data is read; pickled (object) arrays are never loaded.
 """
 import os
 import zipfile
+import zlib
 
 import numpy as np
 
@@ -33,6 +40,9 @@ from .neus2 import apply_similarity
 from .transforms import IMAGE_EXTENSIONS, lookup_mask
 
 NPZ_NAMES = ("cameras_sphere.npz", "cameras.npz", "cameras_large.npz")
+# The largest needed member (a 3x4 or 4x4 matrix: 128 bytes of float64 and a .npy header) read.
+MAX_MEMBER_BYTES = 64 * 1024
+MATRIX_SHAPES = ((3, 4), (4, 4))
 
 
 def find_npz(folder):
@@ -82,6 +92,71 @@ def _sorted_images(folder):
                   if os.path.splitext(n)[1] in IMAGE_EXTENSIONS and os.path.isfile(os.path.join(folder, n)))
 
 
+class NpzCameras:
+    """The members of an npz (a zip of .npy files), read lazily one key at a time: `key in cameras`,
+    `cameras.keys`, and `cameras[key]` (an array; RigError for a member that is too large, declares
+    an absurd shape or is not a plain array of numbers)."""
+
+    def __init__(self, npz):
+        self.npz = npz
+        try:
+            self.zip = zipfile.ZipFile(npz)
+            infos = self.zip.infolist()
+        except (OSError, ValueError, zipfile.BadZipFile, EOFError, RuntimeError) as exc:
+            raise RigError(f"{npz}: not a readable numpy .npz file ({exc})") from None
+        self.members = {}
+        for info in infos:
+            key = info.filename[:-4] if info.filename.endswith(".npy") else info.filename
+            self.members.setdefault(key, info)
+
+    def close(self):
+        self.zip.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    @property
+    def keys(self):
+        return list(self.members)
+
+    def __contains__(self, key):
+        return key in self.members
+
+    def __getitem__(self, key):
+        info, npz = self.members[key], self.npz
+        if info.file_size > MAX_MEMBER_BYTES:
+            raise RigError(f"{npz}: {key} is {info.file_size} bytes uncompressed: too large for a 3x4 or 4x4 "
+                           f"camera matrix (at most {MAX_MEMBER_BYTES} bytes are read)")
+        fmt = np.lib.format
+        try:
+            with self.zip.open(info) as f:
+                version = fmt.read_magic(f)
+                if version == (1, 0):
+                    shape, fortran, dtype = fmt.read_array_header_1_0(f)
+                elif version == (2, 0):
+                    shape, fortran, dtype = fmt.read_array_header_2_0(f)
+                else:
+                    raise ValueError(f"unsupported .npy format version {version}")
+                if dtype.hasobject or dtype.kind not in "fiu" or dtype.fields is not None:
+                    raise RigError(f"{npz}: {key} is not a matrix of numbers (dtype {dtype})")
+                if tuple(shape) not in MATRIX_SHAPES:
+                    raise RigError(f"{npz}: {key} must be 4x4 (or 3x4), got shape {tuple(shape)}")
+                count = int(np.prod(shape))
+                data = f.read(count * dtype.itemsize)
+                if len(data) != count * dtype.itemsize:
+                    raise ValueError("the array data ends early")
+                value = np.frombuffer(data, dtype=dtype, count=count)
+                return value.reshape(shape[::-1]).T if fortran else value.reshape(shape)
+        except RigError:
+            raise
+        except (OSError, ValueError, TypeError, SyntaxError, zipfile.BadZipFile, EOFError, RuntimeError,
+                NotImplementedError, zlib.error) as exc:
+            raise RigError(f"{npz}: {key} is not a readable .npy array ({exc})") from None
+
+
 def _matrix(cameras, key, npz):
     value = np.asarray(cameras[key])
     if value.dtype.kind not in "fiu":
@@ -105,17 +180,17 @@ def read_idr(path):
     if npz is None:
         raise RigError(f"{path}: no cameras_sphere.npz (IDR/NeuS cameras) in this folder")
     root = os.path.dirname(npz)
-    try:
-        with np.load(npz, allow_pickle=False) as data:
-            cameras = {key: data[key] for key in data.files}
-    except (OSError, ValueError, zipfile.BadZipFile, EOFError) as exc:
-        raise RigError(f"{npz}: not a readable numpy .npz file ({exc})") from None
+    with NpzCameras(npz) as cameras:
+        return _read(npz, root, cameras)
+
+
+def _read(npz, root, cameras):
     count = 0
     while f"world_mat_{count}" in cameras:
         count += 1
     if count == 0:
         raise RigError(f"{npz}: no world_mat_0: not an IDR/NeuS cameras file (keys: "
-                       f"{', '.join(sorted(cameras)[:6]) or 'none'})")
+                       f"{', '.join(sorted(cameras.keys)[:6]) or 'none'})")
     image_dir = next((os.path.join(root, n) for n in ("image", "images")
                       if os.path.isdir(os.path.join(root, n))), None)
     if image_dir is None:

@@ -21,6 +21,10 @@ OPENGL_TO_OPENCV = np.diag([1.0, -1.0, -1.0, 1.0])
 # How far a rotation may be from orthonormal (max |R R^T - I|, |det R - 1|) before it is refused.
 ROTATION_TOLERANCE = 1e-3
 
+# The largest image Marble reads (width x height, in pixels): larger ones (or headers that claim to be,
+# e.g. a decompression bomb) are refused with a RigError naming the file and its size.
+MAX_IMAGE_PIXELS = 100_000_000
+
 FORMATS = ("nerf-synthetic", "instant-ngp", "neus2", "colmap-text", "colmap-binary", "idr")
 SPLITS = ("train", "val", "test")
 
@@ -92,6 +96,7 @@ def check_view(view, where):
         raise RigError(f"{where}: the camera contains NaN or infinite numbers")
     if int(view.width) <= 0 or int(view.height) <= 0:
         raise RigError(f"{where}: image size {view.width}x{view.height} is not positive")
+    check_image_pixels(where, view.width, view.height)
     if not K[0, 0] > 0 or not K[1, 1] > 0:
         raise RigError(f"{where}: focal length must be positive, got fx={K[0, 0]:g} fy={K[1, 1]:g}")
     if K[1, 0] != 0 or K[2, 0] != 0 or K[2, 1] != 0 or K[2, 2] != 1:
@@ -108,8 +113,9 @@ def check_view(view, where):
 
 def check_rotation(R, what):
     """Raise RigError unless R is a proper rotation (orthonormal, det +1) within ROTATION_TOLERANCE."""
-    det = float(np.linalg.det(R))
-    error = float(np.abs(R @ R.T - np.eye(3)).max())
+    with np.errstate(all="ignore"):   # huge entries overflow to inf/nan, refused below
+        det = float(np.linalg.det(R))
+        error = float(np.abs(R @ R.T - np.eye(3)).max())
     if not (abs(det - 1.0) <= ROTATION_TOLERANCE and error <= ROTATION_TOLERANCE):
         kind = "a reflection" if det < 0 and abs(det + 1.0) <= ROTATION_TOLERANCE else "not a rotation"
         raise RigError(f"{what} is {kind} (det {det:.4g}, max |R R^T - I| {error:.3g}); singular, scaled "
@@ -137,16 +143,31 @@ def as_matrix(value, shapes, what):
     """`value` (nested lists) as a float array of one of `shapes`; RigError naming `what` otherwise."""
     try:
         m = np.array(value, dtype=float)
-    except (TypeError, ValueError):
-        raise RigError(f"{what} is not a matrix of numbers") from None
+    except (TypeError, ValueError, OverflowError):
+        raise RigError(f"{what} is not a matrix of numbers (or a number is too large)") from None
     if m.shape not in shapes:
         raise RigError(f"{what} must be {' or '.join('x'.join(map(str, s)) for s in shapes)}, "
                        f"got shape {m.shape}")
     return m
 
 
+def check_image_pixels(path, width, height):
+    """RigError naming `path` and its size when width x height exceeds MAX_IMAGE_PIXELS."""
+    if int(width) * int(height) > MAX_IMAGE_PIXELS:
+        raise RigError(f"{path}: image is {width}x{height} ({int(width) * int(height) / 1e6:.0f} megapixels); "
+                       f"Marble reads images of at most {MAX_IMAGE_PIXELS / 1e6:.0f} megapixels")
+
+
 def image_size(path):
-    """(width, height) of a PNG or JPEG file, read from its header without decoding it."""
+    """(width, height) of a PNG or JPEG file, read from its header without decoding it; RigError for
+    an unreadable header or an image above MAX_IMAGE_PIXELS."""
+    width, height = header_size(path)
+    check_image_pixels(path, width, height)
+    return width, height
+
+
+def header_size(path):
+    """(width, height) from a PNG or JPEG header, without the pixel limit; RigError if unreadable."""
     try:
         f = open(path, "rb")
     except OSError as exc:

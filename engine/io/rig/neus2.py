@@ -4,12 +4,14 @@ NeuS2 (https://github.com/19reborn/NeuS2) reads instant-ngp's transforms.json pl
 - `from_na`: the frames' `transform_matrix` is an OpenCV camera-to-world (x right, y down, z forward)
   instead of instant-ngp's OpenGL one. NeuS2's loader tests only whether the key exists
   (`json.contains("from_na")`), so even `"from_na": false` switches it on there.
-  **Marble honours the value**: `true` means OpenCV axes; `false` (or no key) means OpenGL axes, as
+  **Marble honours the value**: `true` means OpenCV axes; `false` means OpenGL axes, as
   in instant-ngp, and a `false` adds a warning to the rig, because NeuS2 itself would read that
   file as OpenCV. (A file written for NeuS2 with `false` is almost surely a mistake either way.)
+  Any other value (a string such as "false", a number, null) is refused with a RigError.
 - per-frame 4x4 `intrinsic_matrix` (K in its top-left 3x3), used when no `fl_x`/`camera_angle_x` is
   given; `w`, `h` at the top.
-- `scale`, `offset` (default 0.33 and 0.5, as in NeuS2; or derived from `aabb`): NeuS2 maps a camera
+- `scale`, `offset` (default 0.33 and 0.5, as in NeuS2; or derived from `aabb`: an empty (all
+  sizes zero) or inverted (a max below its min) aabb is refused): NeuS2 maps a camera
   position p of the file to p * scale + offset in its own unit cube [0, 1]^3 (the rotation is
   unchanged), and reconstructs inside that cube (times `aabb_scale` about its centre). The file's
   own coordinates are left as they are: Marble's world for a NeuS2 file is the file's frame, and
@@ -45,16 +47,22 @@ PER_FRAME_FILE = re.compile(r"^transform_(\d+)\.json$")
 
 
 def _float(value, what):
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not np.isfinite(value):
-        raise RigError(f"{what} must be a finite number, got {value!r}")
-    return float(value)
+    try:
+        number = None if isinstance(value, bool) or not isinstance(value, (int, float)) else float(value)
+    except OverflowError:
+        number = None
+    if number is None or not np.isfinite(number):
+        raise RigError(f"{what} must be a finite number, got {str(value)[:40]}")
+    return number
 
 
 def setup(data, path):
     """For a NeuS2 file's top-level `data`: (opencv_axes, to_world or None, normalization, warnings)."""
     warnings = []
     from_na = data.get("from_na")
-    opencv = from_na is True or (not isinstance(from_na, bool) and bool(from_na))
+    if not isinstance(from_na, bool):
+        raise RigError(f"{path}: 'from_na' must be true or false (a JSON boolean), got {from_na!r}")
+    opencv = from_na
     if not opencv:
         warnings.append(f"{path}: 'from_na' is {from_na!r}: read as OpenGL axes (instant-ngp); note that "
                         f"NeuS2 itself treats any 'from_na' key as OpenCV axes")
@@ -69,11 +77,17 @@ def setup(data, path):
     if "aabb" in data:
         try:
             aabb = np.array(data["aabb"], dtype=float)
-        except (TypeError, ValueError):
+        except (TypeError, ValueError, OverflowError):
             aabb = None
         if aabb is None or aabb.shape != (2, 3) or not np.isfinite(aabb).all():
             raise RigError(f"{path}: 'aabb' must be [[xmin, ymin, zmin], [xmax, ymax, zmax]]")
-        scale = 1.0 / max(1e-6, float(np.abs(aabb[1] - aabb[0]).max()))
+        extent = aabb[1] - aabb[0]
+        if (extent < 0).any() or not extent.max() > 0:
+            raise RigError(f"{path}: 'aabb' {aabb.tolist()} is {'inverted' if (extent < 0).any() else 'empty'}: "
+                           f"it must be [[xmin, ymin, zmin], [xmax, ymax, zmax]] with a positive size")
+        scale = 1.0 / float(extent.max())
+        if not (np.isfinite(scale) and scale > 0):
+            raise RigError(f"{path}: 'aabb' {aabb.tolist()} is too large (its size overflows)")
         offset = 0.5 - 0.5 * (aabb[0] + aabb[1]) * scale
     if scale <= 0:
         raise RigError(f"{path}: 'scale' must be positive, got {scale:g}")
@@ -87,7 +101,7 @@ def setup(data, path):
     if "n2w" in data:
         try:
             to_world = np.array(data["n2w"], dtype=float)
-        except (TypeError, ValueError):
+        except (TypeError, ValueError, OverflowError):
             raise RigError(f"{path}: 'n2w' is not a matrix of numbers") from None
         similarity_scale(to_world, f"{path}: 'n2w'")
         region = to_world @ region

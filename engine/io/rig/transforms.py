@@ -221,9 +221,13 @@ def _number(source, key, where):
     value = source[key]
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise RigError(f"{where}: '{key}' must be a number, got {value!r}")
+    try:
+        value = float(value)
+    except OverflowError:
+        raise RigError(f"{where}: '{key}' is too large ({str(source[key])[:20]}...)") from None
     if not math.isfinite(value):
         raise RigError(f"{where}: '{key}' is {value} (NaN or infinite)")
-    return float(value)
+    return value
 
 
 def _focal_from_angle(angle, size, key, where):
@@ -300,13 +304,15 @@ def read_view(data, entry, image, where, opencv=False, to_world=None, default_fr
     matrix = as_matrix(entry["transform_matrix"], [(4, 4), (3, 4)], f"{where}: 'transform_matrix'")
     if matrix.shape == (3, 4):
         matrix = np.vstack([matrix, [0.0, 0.0, 0.0, 1.0]])
-    c2w = matrix if opencv else matrix @ OPENGL_TO_OPENCV
-    if to_world is not None and np.isfinite(c2w).all():
-        c2w = neus2.apply_similarity(to_world, c2w)
+    with np.errstate(all="ignore"):   # NaN/inf entries are refused by check_view below
+        c2w = matrix if opencv else matrix @ OPENGL_TO_OPENCV
+        if to_world is not None and np.isfinite(c2w).all():
+            c2w = neus2.apply_similarity(to_world, c2w)
     frame = 0 if default_frame is None else int(default_frame)
     if "frame" in entry:
         value = entry["frame"]
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or value != int(value):
+        if (isinstance(value, bool) or not isinstance(value, (int, float))
+                or isinstance(value, float) and (not math.isfinite(value) or value != int(value))):
             raise RigError(f"{where}: 'frame' must be an integer, got {value!r}")
         frame = int(value)
     if "camera" in entry:
