@@ -9,6 +9,7 @@ import torch
 
 from ..data import RayDataset, carve
 from ..extract import extract_mesh, largest_component
+from ..config import InputError
 from ..inputs import check_region
 from ..io import protocol
 from ..io.ply import write_ply
@@ -66,6 +67,12 @@ class Trainer:
             self.out.warn(message)
         n = self.data.normalization
         check_region(self.rig.views, n.center, n.radius, f"{self.rig.path}")
+        hull = region_grid(self.data, self.cfg.render.occupancy_resolution)
+        if hull is not None and not bool(hull.any()):
+            raise InputError(f"{self.rig.path}: the region (centre {np.round(n.center, 6).tolist()}, radius "
+                             f"{n.radius:.6g}) holds none of the object the masks show (no point of it lies "
+                             f"inside every silhouette): move the region onto the object, or train without "
+                             f"masks (--no-masks)")
         self.data.normalization.save(os.path.join(self.job_dir, protocol.NORMALIZATION_FILE))
         masks = "yes" if self.data.has_masks else "no" if self.cfg.data.use_masks else "no (data.use_masks is off)"
         self.out.log(f"{len(self.rig.views)} views, {self.data.pixel_count} pixels, masks: {masks}; "
@@ -81,8 +88,7 @@ class Trainer:
         self.scaler = torch.amp.GradScaler(self.device, enabled=self.amp_dtype == torch.float16)
         if self.amp_dtype is not None:
             self.out.log(f"mixed precision: colour and background MLPs in {str(self.amp_dtype).split('.')[-1]}")
-        self.grid = OccupancyGrid(self.cfg.render.occupancy_resolution,
-                                  region_grid(self.data, self.cfg.render.occupancy_resolution), self.device)
+        self.grid = OccupancyGrid(self.cfg.render.occupancy_resolution, hull, self.device)
         # AdamW: weight decay (the grid's, when the preset asks for it) stays out of Adam's moments.
         self.optimizer = torch.optim.AdamW(self.model.param_groups(self.cfg.train), betas=(0.9, 0.99), eps=1e-15,
                                            weight_decay=0.0)

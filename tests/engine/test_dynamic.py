@@ -174,7 +174,7 @@ def two_frame_rig(folder, count=16, size=40):
                                   math.sin(elevation)])
             K = np.array([[size * 2.2, 0, size / 2], [0, size * 2.2, size / 2], [0, 0, 1]])
             path = str(folder / f"f{frame}_c{i:02d}.png")
-            Image.new("RGBA", (size, size)).save(path)
+            Image.new("RGBA", (size, size), (128, 128, 128, 255)).save(path)  # placeholders; frame 1 is rendered
             views.append(View(image_path=path, width=size, height=size, K=K, c2w=look_at(eye, (0, 0, 0)),
                               camera_id=f"c{i}", frame=frame))
     return Rig(name="moving", path=str(folder), views=views)

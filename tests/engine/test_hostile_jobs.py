@@ -319,3 +319,44 @@ def test_sigterm_right_after_started_cancels_with_an_event(tmp_path, tiny_rig):
     events = [protocol.decode(line) for line in out.splitlines() if line.strip()]
     assert proc.returncode == protocol.EXIT_CANCELLED, err
     assert events[-1]["event"] == protocol.CANCELLED
+
+
+def test_a_region_beside_the_masked_object_is_refused_before_training(tmp_path):
+    """The masks show a small disc around the origin; a region every camera sees, but above the object,
+    holds no point inside every silhouette: refused before training (it once crashed at extraction)."""
+    import numpy as np
+    from PIL import Image
+    cams = ring_cameras(count=4, width=64, height=48, focal=60.0)
+    rig = make_rig(tmp_path, cams, name="masked")
+    yy, xx = np.mgrid[0:48, 0:64]
+    alpha = (((xx + 0.5 - 32) ** 2 + (yy + 0.5 - 24) ** 2) <= 9).astype(np.uint8) * 255
+    image = np.dstack([np.full((48, 64, 3), 128, np.uint8), alpha])
+    for i in range(4):
+        Image.fromarray(image, "RGBA").save(os.path.join(os.path.dirname(rig), "images", f"cam_{i:02d}.png"))
+    job = tmp_path / "job"
+    code, events, err = run_engine(["train", "--data", rig, "--out", str(job), "--region", "0", "0", "0.9", "0.2"]
+                                   + TINY)
+    assert_one_error(code, events, err, "holds none of the object the masks show")
+    assert not [e for e in events if e["event"] == protocol.PROGRESS]
+    code, events, err = run_engine(["train", "--data", rig, "--out", str(tmp_path / "ok"), "--region", "0", "0",
+                                    "0", "0.5"] + TINY)
+    assert code == 0, err
+
+
+def test_sigterm_during_extraction_cancels_it(tmp_path, tiny_rig):
+    """A large extraction stops at the next chunk with a checkpoint and `cancelled` (it once ran to the
+    end, ignoring the signal); the seconds it took are printed, not asserted."""
+    import time
+    proc = engine(["train", "--data", tiny_rig, "--out", str(tmp_path / "job"), "--iterations", "4",
+                   "--resolution", "1024", "--set", "train.checkpoint_every=0"])
+    events = read_until(proc, protocol.STAGE)
+    while not (events[-1]["event"] == protocol.STAGE and events[-1]["name"] == "extract"):
+        events += read_until(proc, protocol.STAGE)
+    asked = time.monotonic()
+    proc.send_signal(signal.SIGTERM)
+    out, err = proc.communicate(timeout=120)
+    print(f"extraction stopped {time.monotonic() - asked:.2f} s after SIGTERM")
+    final = [protocol.decode(line) for line in out.splitlines() if line.strip()]
+    assert proc.returncode == protocol.EXIT_CANCELLED, err
+    assert final[-1]["event"] == protocol.CANCELLED and final[-1]["checkpoint"]
+    assert not [e for e in final if e["event"] == protocol.MESH]
