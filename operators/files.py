@@ -25,7 +25,8 @@ def rig_collection(context, fallback):
 
 
 class ResultImport(ImportHelper):
-    """An operator importing one of a job's results; subclasses give `start_file` and `load`."""
+    """An operator importing one of a job's results. Subclasses define `load(context, path)`, which
+    imports the file and returns the report, and may give `start_file` and `exists`."""
     bl_options = {'REGISTER', 'UNDO'}
     missing = "No such file"             # the error for a path that is not there
     errors = (meshes.MeshError,)         # reported to the user instead of raised
@@ -36,10 +37,6 @@ class ResultImport(ImportHelper):
 
     def exists(self, path):
         return os.path.isfile(path)
-
-    def load(self, context, path):
-        """Import `path`; returns the report."""
-        raise NotImplementedError
 
     def invoke(self, context, event):
         start = self.start_file(context)
