@@ -15,11 +15,15 @@ DEFAULT_ITEM = ('default', "Default", "The default chosen in Preferences > Add-o
 RESOLUTION_MIN, RESOLUTION_MAX = config.RANGES["mesh.resolution"]
 JOB_STATES = {
     'idle': ("Idle", "No job has run in this session"),
-    'running': ("Running", "The engine is training"),
-    'cancelling': ("Cancelling", "Asked the engine to stop; it is saving a checkpoint"),
+    'running': ("Running", "The engine is training or calibrating"),
+    'cancelling': ("Cancelling", "Asked the engine to stop (a training job saves a checkpoint first)"),
     'cancelled': ("Cancelled", "The engine stopped on request"),
     'failed': ("Failed", "The engine stopped with an error"),
-    'done': ("Done", "The mesh was reconstructed and imported"),
+    'done': ("Done", "The job's result was imported"),
+}
+JOB_KINDS = {
+    'train': ("Training", "Reconstructs a mesh from the scene's rig (Train)"),
+    'calibrate': ("Calibration", "Calibrates cameras from photographs or a video (File > Import > Photos)"),
 }
 
 
@@ -60,6 +64,8 @@ class MarbleSceneSettings(bpy.types.PropertyGroup):
 
 class MarbleJobState(bpy.types.PropertyGroup):
     state: bpy.props.EnumProperty(name="State", items=enum_items(JOB_STATES), default='idle')
+    kind: bpy.props.EnumProperty(name="Kind", items=enum_items(JOB_KINDS), default='train',
+                                 description="What the job does: train a rig, or calibrate photographs")
     progress: bpy.props.FloatProperty(name="Progress", min=0.0, max=1.0, subtype='FACTOR')
     iteration: bpy.props.IntProperty(name="Iteration")
     total: bpy.props.IntProperty(name="Total")

@@ -1,4 +1,5 @@
-"""`python -m engine`: train a job; re-extract, evaluate or redraw the curves of a job; print a preset; doctor.
+"""`python -m engine`: train a job (from a rig, or from photographs it calibrates first); calibrate
+photographs into a dataset; re-extract, evaluate or redraw the curves of a job; print a preset; doctor.
 
 Only the standard library is imported up front (engine.config is plain data): `doctor` must run in a
 Python without torch or numpy, and `train` there must still print an error event saying what is missing.
@@ -78,6 +79,7 @@ def parse_args(argv):
                        help="override one field of the preset, e.g. render.sampler=hierarchical, "
                             "train.gradient=analytic, train.mixed_precision=off (repeatable; "
                             "`python -m engine preset NAME` lists the fields)")
+    add_calibrate_parser(sub)
     show = sub.add_parser("preset", help="print a preset's full configuration as JSON")
     show.add_argument("name", choices=presets)
     extract = sub.add_parser("extract", help="extract the mesh of a job from its last checkpoint")
@@ -90,6 +92,74 @@ def parse_args(argv):
     curves.add_argument("job", help="job directory")
     sub.add_parser("doctor", help="report (one JSON line) whether this Python can run the engine, and on what")
     return parser.parse_args(argv)
+
+
+def add_calibrate_parser(sub):
+    from .calibrate.sfm import CAMERA_MODES, MAPPERS, MATCHERS
+    calibrate = sub.add_parser("calibrate", help="find the cameras of a folder of photographs or a video (COLMAP) "
+                                                 "and write a dataset that `train --data` reads")
+    calibrate.add_argument("--images", required=True,
+                           help="a folder of photographs (JPEG, PNG, TIFF, HEIC) or a video file")
+    calibrate.add_argument("--out", required=True, help="the dataset folder to write (new or empty)")
+    calibrate.add_argument("--max-size", type=int, default=800,
+                           help="match the photographs at most this many pixels wide or high (default 800)")
+    calibrate.add_argument("--mapper", choices=MAPPERS, default="global",
+                           help="global (GLOMAP: fast) or incremental (COLMAP's classic mapper)")
+    calibrate.add_argument("--matcher", choices=MATCHERS, default="auto",
+                           help="which pairs are matched: auto (sequential for a video, else exhaustive)")
+    calibrate.add_argument("--every", type=int, help="a video: take every Nth frame (default: an automatic "
+                                                     "choice of sharp, evenly spread frames)")
+    calibrate.add_argument("--camera", choices=CAMERA_MODES, default="single",
+                           help="one camera shared by every photograph (default), or one per photograph")
+    calibrate.add_argument("--overwrite", action="store_true", help="replace what --out holds")
+
+
+def calibrate_options(args):
+    """engine.calibrate.sfm.Options from the calibrate flags (or their defaults), checked."""
+    from .calibrate.sfm import Options
+    max_size = getattr(args, "max_size", None) or Options.max_size
+    every = getattr(args, "every", None)
+    least, most = Options.MAX_SIZE_RANGE
+    if not least <= max_size <= most:
+        raise InputError(f"--max-size must be between {least} and {most} pixels, got {max_size}")
+    if every is not None and every < 1:
+        raise InputError(f"--every must be at least 1, got {every}")
+    return Options(max_size=max_size, mapper=getattr(args, "mapper", "global"),
+                   matcher=getattr(args, "matcher", "auto"), camera=getattr(args, "camera", "single"))
+
+
+def run_calibrate(args, out):
+    from .calibrate.run import Cancelled, calibrate
+    from .calibrate.sfm import pycolmap_module
+    options = calibrate_options(args)
+    pycolmap_module()  # before CancelWatch: importing it installs glog's own SIGTERM handler
+    cancel = CancelWatch()
+    try:
+        outputs = calibrate(args.images, args.out, out, options, every=args.every, overwrite=args.overwrite,
+                            cancel=cancel.requested)
+    except Cancelled:
+        out.log("calibration cancelled; nothing was written")
+        out.emit(protocol.CANCELLED, checkpoint=None, iteration=None)
+        return protocol.EXIT_CANCELLED
+    finally:
+        cancel.restore()
+    out.emit(protocol.DONE, outputs=outputs)
+    return protocol.EXIT_OK
+
+
+def calibrate_into_job(args, out, cancel):
+    """`train --data PHOTOS`: the photographs' dataset in JOB/dataset (calibrated now, or kept from an
+    earlier run of the job); returns its transforms.json."""
+    from .calibrate.run import calibrate
+    dataset = os.path.join(args.out, protocol.DATASET_DIR)
+    transforms = os.path.join(dataset, protocol.TRANSFORMS_FILE)
+    if os.path.isfile(transforms):
+        out.log(f"using the calibration in {dataset}")
+        return transforms
+    out.log(f"{args.data} holds photographs without cameras: calibrating them into {dataset} first")
+    calibrate(args.data, dataset, out, calibrate_options(args), overwrite=True, cancel=cancel.requested,
+              own_job=False)
+    return transforms
 
 
 def resolve_config(args):
@@ -142,19 +212,36 @@ def run_train(args, out):
     if not args.resume and holds_a_job(args.out) and not args.overwrite:
         raise InputError(f"--out {os.path.abspath(args.out)} holds an earlier job: add --resume to go on with it, "
                          f"--overwrite to replace it, or choose another folder")
+    from .calibrate.run import Cancelled as CalibrationCancelled, needs_calibration
     cfg = resolve_config(args)
-    rig = load_rig(args.data)
-    session = Session.open(cfg, rig, args.out, region=args.region)
+    photos = needs_calibration(args.data)
+    if not photos:  # a rig is checked before the job folder is touched
+        rig = load_rig(args.data)
+        session = Session.open(cfg, rig, args.out, region=args.region)
     os.makedirs(args.out, exist_ok=True)
     JobLock(args.out).acquire()  # held until the process ends
     if args.overwrite and not args.resume:
         clear_job(args.out)
     out.attach(args.out)
+    if photos:
+        from .calibrate.sfm import pycolmap_module
+        pycolmap_module()  # before CancelWatch: importing it installs glog's own SIGTERM handler
+    cancel = CancelWatch()  # from here on SIGINT/SIGTERM/`cancel` end the job with a `cancelled` event
+    if photos:
+        try:
+            rig = load_rig(calibrate_into_job(args, out, cancel))
+        except CalibrationCancelled:
+            cancel.restore()
+            out.emit(protocol.CANCELLED, checkpoint=None, iteration=None)
+            return protocol.EXIT_CANCELLED
+        except BaseException:
+            cancel.restore()
+            raise
+        session = Session.open(cfg, rig, args.out, region=args.region)
     write_config(args.out, cfg)
     threads, why = choose_threads()
     torch.set_num_threads(threads)
     out.log(f"{threads} CPU thread{'s' if threads > 1 else ''} ({why})")
-    cancel = CancelWatch()  # from here on SIGINT/SIGTERM/`cancel` end the job with a `cancelled` event
     try:
         # The kernels run once before the job starts; a backend that fails here gives way to torch
         # (with a warning event), and the job trains with what `started` names.
@@ -270,7 +357,7 @@ def main(argv=None):
         from .io.rig import RigError
         bad_input = (RigError, InputError)
         commands = {"train": run_train, "extract": run_extract, "evaluate": run_evaluate,
-                    "preset": run_show_preset, "curves": run_curves}
+                    "preset": run_show_preset, "curves": run_curves, "calibrate": run_calibrate}
         return commands[args.command](args, out)
     except bad_input as exc:
         # Bad input: one error event a user can act on, no traceback.

@@ -1,9 +1,25 @@
 # SPDX-License-Identifier: GPL-3.0-or-later
-"""Operators: one module per user action (files.py: what the result importers share)."""
+"""Operators: one module per user action (files.py: what the result importers share); a module's
+MENUS, (menu class name, draw function) pairs, are added to Blender's menus."""
 import bpy
 
-from . import import_rig, export_rig, import_mesh, import_sequence, results, train
+from . import import_rig, import_photos, export_rig, import_mesh, import_sequence, results, train
 
-MODULES = (import_rig, export_rig, import_mesh, import_sequence, train, results)
+MODULES = (import_rig, import_photos, export_rig, import_mesh, import_sequence, train, results)
 CLASSES = tuple(cls for module in MODULES for cls in module.CLASSES)
-register, unregister = bpy.utils.register_classes_factory(CLASSES)
+MENUS = tuple(entry for module in MODULES for entry in getattr(module, "MENUS", ()))
+_register_classes, _unregister_classes = bpy.utils.register_classes_factory(CLASSES)
+
+
+def register():
+    _register_classes()
+    for menu, draw in MENUS:
+        getattr(bpy.types, menu).append(draw)
+
+
+def unregister():
+    for menu, draw in reversed(MENUS):
+        menu_class = getattr(bpy.types, menu, None)
+        if menu_class is not None:
+            menu_class.remove(draw)
+    _unregister_classes()

@@ -33,12 +33,15 @@ PINS = {
     "pytest": "9.2.0",
     "hypothesis": "6.170.17",  # property-based fuzzing of the rig readers (tests/io/test_rig_fuzz.py)
     "scipy": "1.15.3",      # k-d tree for exact point-to-surface distances (engine.metrics)
+    "pycolmap": "4.2.1",    # calibration: COLMAP's SIFT, matching and mappers (engine.calibrate)
+    "av": "18.1.0",         # PyAV: video frames for calibration (19.x has no wheel for Python 3.11)
+    "pillow-heif": "1.8.1", # HEIC photographs from phones
     "triton": "3.7.1",      # the GPU kernels' compiler (the version torch 2.13's CUDA build pins); on the CPU
                             # its interpreter runs the kernels for the tests (TRITON_INTERPRET=1)
 }
 # Pins installed only where the package has wheels (Triton: Linux).
 PLATFORM_PINS = {"triton": ("linux",)}
-IMPORT_NAMES = {"PyMCubes": "mcubes", "pillow": "PIL"}
+IMPORT_NAMES = {"PyMCubes": "mcubes", "pillow": "PIL", "pillow-heif": "pillow_heif"}
 TORCH_INDEX_ENV = "MARBLE_TORCH_INDEX"
 STAMP_FILE = "marble-setup.json"
 

@@ -44,7 +44,10 @@ def phase_text(job):
 
 def stage_text(job):
     """The stage shown beside the job's state: a dynamic job's phase while it predicts or trains a frame
-    (the engine announces "predict" and then "train" per frame)."""
+    (the engine announces "predict" and then "train" per frame); a calibration's phase (also a training
+    job's from photographs, which calibrates first)."""
+    if job.kind == 'calibrate' or job.stage == "calibrate":
+        return "Calibrating" + (f": {job.phase}" if job.phase else "")
     if job.dynamic and job.phase and job.stage in ("frame", "predict", "train"):
         return job.phase
     return job.stage
@@ -86,6 +89,21 @@ def _export_status(layout, state):
         _wrapped_labels(col, state.message, icon='ERROR' if state.state == 'failed' else 'INFO')
 
 
+def _job_end(layout, job):
+    """The Job panel's end: a calibration's count in its phase, the message, Cancel or Resume."""
+    calibrating = job.kind == 'calibrate' or job.stage == "calibrate"
+    counted = reducer.CALIBRATE_COUNTS.get(job.phase) if calibrating else None
+    if counted and job.total and job.state in ACTIVE_STATES:
+        layout.label(text=f"{counted}: {job.iteration} / {job.total}")
+    if job.message:
+        _wrapped_labels(layout, job.message, icon='ERROR' if job.state == 'failed' else 'INFO')
+    row = layout.row(align=True)
+    if jobs.is_running():
+        row.operator("marble.cancel", icon='CANCEL')
+    elif job.resumable:
+        row.operator("marble.resume", icon='PLAY')
+
+
 class MarblePanel:
     bl_space_type = 'VIEW_3D'
     bl_region_type = 'UI'
@@ -109,7 +127,7 @@ class MARBLE_PT_main(MarblePanel, bpy.types.Panel):
     def draw(self, context):
         job = context.window_manager.marble_job
         if job.state == 'idle':
-            self.layout.label(text="Import a rig, then Train")
+            self.layout.label(text="Import a rig or photos, then Train")
         else:
             self.layout.label(text=f"Job: {job.state.capitalize()}", icon=STATE_ICONS.get(job.state, 'INFO'))
 
@@ -130,7 +148,10 @@ class MARBLE_PT_rig(MarbleSubPanel, bpy.types.Panel):
             layout.label(text="No rig imported")
         row = layout.row(align=True)
         row.operator("marble.import_rig", icon='IMPORT')
-        row.operator("marble.export_rig", icon='EXPORT')
+        photos = row.row(align=True)
+        photos.enabled = not jobs.is_running()  # one job at a time
+        photos.operator("marble.import_photos", text="Import Photos", icon='IMAGE_DATA')
+        layout.operator("marble.export_rig", icon='EXPORT')
         export_state = context.window_manager.marble_export
         if export_state.state != 'idle':
             _export_status(layout, export_state)
@@ -179,12 +200,21 @@ class MARBLE_PT_job(MarbleSubPanel, bpy.types.Panel):
     def draw(self, context):
         layout = self.layout
         job = context.window_manager.marble_job
+        calibration = job.kind == 'calibrate' or job.stage == "calibrate"
         stage = stage_text(job)
-        layout.label(text=job.state.capitalize() + (f": {stage}" if stage else ""))
+        if calibration and job.state == 'running':
+            layout.label(text=stage)  # "Calibrating: matching"
+        elif job.kind == 'calibrate':
+            layout.label(text=f"{job.state.capitalize()}: calibration")
+        else:
+            layout.label(text=job.state.capitalize() + (f": {stage}" if stage else ""))
         text = f"{100.0 * job.progress:.0f}%"
         if job.state in ACTIVE_STATES and job.eta_s > 0:
             text += f", {format_duration(job.eta_s)} left"
         layout.progress(factor=job.progress, type='BAR', text=text)
+        if calibration:
+            _job_end(layout, job)
+            return
         col = layout.column(align=True)
         if job.dynamic:
             frame = frame_text(job)
@@ -201,13 +231,7 @@ class MARBLE_PT_job(MarbleSubPanel, bpy.types.Panel):
         col.label(text=f"PSNR: {job.psnr:.2f} dB")
         if job.device:
             col.label(text=f"Device: {job.device}")
-        if job.message:
-            _wrapped_labels(layout, job.message, icon='ERROR' if job.state == 'failed' else 'INFO')
-        row = layout.row(align=True)
-        if jobs.is_running():
-            row.operator("marble.cancel", icon='CANCEL')
-        elif job.resumable:
-            row.operator("marble.resume", icon='PLAY')
+        _job_end(layout, job)
 
 
 class MARBLE_PT_results(MarbleSubPanel, bpy.types.Panel):

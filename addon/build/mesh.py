@@ -108,10 +108,20 @@ def replace_mesh(obj, path):
 
 def vertex_color_material():
     """A material that shades with the mesh's "Color" attribute (shared by all imported meshes)."""
-    material = bpy.data.materials.get(MATERIAL_NAME)
+    def colour(nodes):
+        node = nodes.new("ShaderNodeVertexColor")
+        node.layer_name = COLOR_ATTRIBUTE
+        return node
+    return colour_material(MATERIAL_NAME, colour)
+
+
+def colour_material(name, colour_node):
+    """The material `name` (made once): a principled BSDF whose base colour is the output "Color" of
+    the node `colour_node(nodes)` makes."""
+    material = bpy.data.materials.get(name)
     if material is not None:
         return material
-    material = bpy.data.materials.new(MATERIAL_NAME)
+    material = bpy.data.materials.new(name)
     if bpy.app.version < (5, 0, 0):  # node trees are always on (use_nodes deprecated) from 5.0
         material.use_nodes = True
     nodes, links = material.node_tree.nodes, material.node_tree.links
@@ -120,8 +130,7 @@ def vertex_color_material():
         bsdf = nodes.new("ShaderNodeBsdfPrincipled")
         output = next((n for n in nodes if n.type == 'OUTPUT_MATERIAL'), None) or nodes.new("ShaderNodeOutputMaterial")
         links.new(bsdf.outputs["BSDF"], output.inputs["Surface"])
-    color = nodes.new("ShaderNodeVertexColor")
-    color.layer_name = COLOR_ATTRIBUTE
+    color = colour_node(nodes)
     color.location = (bsdf.location.x - 300, bsdf.location.y)
     links.new(color.outputs["Color"], bsdf.inputs["Base Color"])
     bsdf.inputs["Roughness"].default_value = 0.8

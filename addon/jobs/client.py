@@ -1,7 +1,8 @@
 # SPDX-License-Identifier: GPL-3.0-or-later
-"""The job client: starts `python -m engine train` in the engine's own Python and follows its events.
+"""The job client: starts `python -m engine train` (or `calibrate`, for photographs) in the engine's own
+Python and follows its events.
 
-One job runs at a time. `tick()` drains the reader thread's queue on Blender's main thread: the
+One job runs at a time, whatever its kind. `tick()` drains the reader thread's queue on Blender's main thread: the
 reducer updates `wm.marble_job`, the effects change the scene. In Blender, `tick` runs as a
 `bpy.app.timers` callback; the headless bpy module runs no timers, so tests and the demo call it in a
 loop until it returns None.
@@ -30,9 +31,9 @@ class Job(EngineProcess, effects.SceneTargets):
     """The running engine and where its results go in the scene."""
 
     def __init__(self, process, command, job_dir, log_path, log_offset, scene_name, collection_name,
-                 region_name=None, resume=False):
+                 region_name=None, resume=False, kind="train", source_name=""):
         EngineProcess.__init__(self, process, command, job_dir, log_path, log_offset)
-        effects.SceneTargets.__init__(self, scene_name, collection_name, region_name, resume)
+        effects.SceneTargets.__init__(self, scene_name, collection_name, region_name, resume, kind, source_name)
 
 
 _job = None
@@ -50,30 +51,54 @@ def current_job():
     return _job
 
 
-def start(context, resume=False):
-    """Start training the scene's rig (or, with `resume`, go on with the scene's last job from its
-    checkpoint); raises JobError with a message for the user when it cannot."""
-    global _job
+def _check_free(context):
+    """Raise JobError when a job runs (one job at a time, training or calibration)."""
     if _job is not None and _job.final is not None:
         _release(_job)  # its outcome is shown already; only its process still exits
     if _job is not None:
+        what = "calibration" if _job.kind == "calibrate" else "training"
         where = f" (scene '{_job.scene_name}')" if _job.scene_name != context.scene.name else ""
-        raise JobError(f"A Marble job is already running{where}: wait for it or cancel it first; "
+        raise JobError(f"A Marble {what} job is already running{where}: wait for it or cancel it first; "
                        "one job runs at a time")
-    plan = commands.plan(context, resume)
+
+
+def _run(context, command, job_dir, **targets):
+    """Spawn the engine for a planned job and follow it; returns the Job."""
+    global _job
     root = engine_python.engine_root()
-    process, log_path, log_offset = spawn(plan.command, plan.job_dir, engine_python.engine_environment(root))
-    settings = context.scene.marble
-    collection = settings.rig_collection
-    _job = Job(process, plan.command, plan.job_dir, log_path, log_offset, context.scene.name,
-               collection.name if collection is not None else "", plan.region_name, resume=resume)
+    process, log_path, log_offset = spawn(command, job_dir, engine_python.engine_environment(root))
+    _job = Job(process, command, job_dir, log_path, log_offset, context.scene.name, **targets)
     _job.reader.start()
-    settings.last_job = plan.job_dir
-    reducer.begin(context.window_manager.marble_job, plan.job_dir, resume, settings.iterations)
+    context.scene.marble.last_job = job_dir
     timers = getattr(bpy.app, "timers", None)
     if timers is not None and not timers.is_registered(tick):
         timers.register(tick, first_interval=TICK_SECONDS, persistent=True)
     return _job
+
+
+def start(context, resume=False):
+    """Start training the scene's rig (or, with `resume`, go on with the scene's last job from its
+    checkpoint); raises JobError with a message for the user when it cannot."""
+    _check_free(context)
+    plan = commands.plan(context, resume)
+    settings = context.scene.marble
+    collection = settings.rig_collection
+    job = _run(context, plan.command, plan.job_dir, collection_name=collection.name if collection is not None else "",
+               region_name=plan.region_name, resume=resume)
+    reducer.begin(context.window_manager.marble_job, plan.job_dir, resume, settings.iterations)
+    return job
+
+
+def start_calibration(context, path):
+    """Calibrate the photographs in the folder `path` (or the video file `path`) into a new job folder's
+    dataset/ (`python -m engine calibrate`); at its done, its cameras, region and points are imported
+    into one collection named after the folder (or the video), which becomes the scene's rig. Raises
+    JobError with a message for the user when it cannot start."""
+    _check_free(context)
+    plan = commands.plan_calibration(context, path)
+    job = _run(context, plan.command, plan.job_dir, collection_name="", kind="calibrate", source_name=plan.name)
+    reducer.begin(context.window_manager.marble_job, plan.job_dir, False, 0, kind="calibrate")
+    return job
 
 
 def cancel():
@@ -85,7 +110,8 @@ def cancel():
         state = _state()
         if state is not None and job.final is None:
             state.state = 'cancelling'
-            state.message = "Stopping: the engine saves a checkpoint first"
+            state.message = ("Stopping the calibration" if job.kind == "calibrate" else
+                             "Stopping: the engine saves a checkpoint first")
         _redraw()
     return True
 

@@ -1,6 +1,7 @@
 # SPDX-License-Identifier: GPL-3.0-or-later
 """What a job runs, and where: the engine's command line from the scene's settings and the
-preferences, the interpreter and the rig (checked: JobError says what to do), and job folders."""
+preferences (a training job), or from a folder of photographs or a video (a calibration job), the
+interpreter and the rig (checked: JobError says what to do), and job folders."""
 import collections
 import os
 import time
@@ -16,6 +17,13 @@ from .reducer import has_checkpoint
 # Everything start() needs: `region_name` is an automatic, untouched region empty that follows the
 # region the engine reports (None when the region is passed on, or there is none).
 Plan = collections.namedtuple("Plan", "python job_dir command region_name")
+# A calibration job: `images` is the photographs' folder or the video, `dataset` JOB/dataset (the
+# engine's --out), `name` what the imported collection is called (the folder's name or the video's stem).
+CalibrationPlan = collections.namedtuple("CalibrationPlan", "python job_dir command images dataset name")
+
+# What `python -m engine calibrate --images PATH` takes: a folder of photographs, or one video file.
+PHOTO_EXTENSIONS = (".jpg", ".jpeg", ".png", ".tif", ".tiff", ".heic", ".heif")
+VIDEO_EXTENSIONS = (".mp4", ".mov", ".m4v", ".avi", ".mkv", ".webm")
 
 
 def resolved_choice(value, preference_name, fallback):
@@ -52,6 +60,58 @@ def _fixed(value):
     return text + "0" if text.endswith(".") else text
 
 
+def build_calibrate_command(python, images, dataset):
+    """The engine's command line for calibrating the photographs' folder (or video) `images` into the
+    dataset folder `dataset` (which the engine creates)."""
+    return [python, "-m", "engine", "calibrate", "--images", images, "--out", dataset]
+
+
+def calibration_source(path):
+    """(the photographs' folder or the video file, absolute; the name of what is imported): a folder
+    as it is, a video file, or a photograph (its folder: the file browser's selection in a folder of
+    photographs). Raises JobError when `path` is none of these."""
+    if not path:
+        raise JobError("No folder of photographs or video file given")
+    path = os.path.abspath(bpy.path.abspath(path))
+    if os.path.isdir(path):
+        return path, os.path.basename(path) or "Photos"
+    if not os.path.exists(path):
+        raise JobError(f"The photographs' folder or video does not exist: {path}")
+    stem, extension = os.path.splitext(os.path.basename(path))
+    if extension.lower() in VIDEO_EXTENSIONS:
+        return path, stem or "Video"
+    if extension.lower() in PHOTO_EXTENSIONS:
+        folder = os.path.dirname(path)
+        return folder, os.path.basename(folder) or "Photos"
+    raise JobError(f"{path} is neither a folder of photographs nor a video file "
+                   f"({' '.join(VIDEO_EXTENSIONS)}); pick a folder, or a video")
+
+
+def plan_calibration(context, path):
+    """Check the photographs (or video) and the engine's interpreter, make a new job folder (as for
+    training) and build the calibration's command line. Raises JobError."""
+    images, name = calibration_source(path)
+    # The doctor's verdict is about training (torch); the engine itself says what calibrating lacks.
+    python = engine_interpreter(check_verdict=False)
+    job_dir = _new_job(context.scene.marble)
+    dataset = os.path.join(job_dir, protocol.DATASET_DIR)
+    return CalibrationPlan(python, job_dir, build_calibrate_command(python, images, dataset), images, dataset, name)
+
+
+def _new_job(settings):
+    """A new job's folder, made here: in the scene's Job Folder (a fresh sub-folder once a job used
+    it), else a new folder in the preferences' job folder."""
+    if settings.job_dir:
+        job_dir = fresh_job_dir(os.path.abspath(bpy.path.abspath(settings.job_dir)))
+    else:
+        job_dir = new_job_dir()
+    try:
+        os.makedirs(job_dir, exist_ok=True)
+    except OSError as exc:
+        raise JobError(f"Cannot create the job folder {job_dir}: {exc.strerror}") from None
+    return job_dir
+
+
 def plan(context, resume=False):
     """Check the scene's rig, the engine's interpreter and the job folder (made here), and build the
     command line (with `resume`: the scene's last job, from its checkpoint). Raises JobError."""
@@ -66,14 +126,8 @@ def plan(context, resume=False):
         job_dir = resumable_job(context.scene)
         if job_dir is None:
             raise JobError("Nothing to resume: the scene's last job has no checkpoint")
-    elif settings.job_dir:
-        job_dir = fresh_job_dir(os.path.abspath(bpy.path.abspath(settings.job_dir)))
     else:
-        job_dir = new_job_dir()
-    try:
-        os.makedirs(job_dir, exist_ok=True)
-    except OSError as exc:
-        raise JobError(f"Cannot create the job folder {job_dir}: {exc.strerror}") from None
+        job_dir = _new_job(settings)
     # The region empty: passed on when the user (or the rig) chose it; an automatic, untouched one is
     # left to the engine, and follows the region the engine reports.
     region_obj = regions.scene_region(context.scene)
@@ -84,8 +138,9 @@ def plan(context, resume=False):
     return Plan(python, job_dir, command, region_obj.name if region_obj is not None and region is None else None)
 
 
-def engine_interpreter():
-    """The engine's Python from the preferences, checked; raises JobError when it cannot train."""
+def engine_interpreter(check_verdict=True):
+    """The engine's Python from the preferences, checked (with `check_verdict`: also the doctor's verdict
+    on training); raises JobError when it cannot run the job."""
     python = preferences.python_path()
     if not python:
         raise JobError("No Python interpreter for the engine: set one that has torch installed in "
@@ -95,7 +150,7 @@ def engine_interpreter():
                        f"(set it in Preferences > Add-ons > Marble)")
     if not os.access(python, os.X_OK):
         raise JobError(f"The engine's Python interpreter is not executable: {python}")
-    verdict = preferences.engine_verdict()
+    verdict = preferences.engine_verdict() if check_verdict else None
     if verdict is not None and not verdict[0]:
         raise JobError(f"The engine's Python cannot train: {verdict[1]} "
                        "(Preferences > Add-ons > Marble)")
@@ -108,7 +163,8 @@ def engine_interpreter():
 # What an earlier job leaves in its folder (the engine's own list, engine/jobdir.py, plus the add-on's
 # engine.log): a folder holding any of them is never used for a new job.
 JOB_ENTRIES = (protocol.CONFIG_FILE, protocol.EVENTS_FILE, protocol.NORMALIZATION_FILE, protocol.CHECKPOINTS_DIR,
-               protocol.MESHES_DIR, protocol.PREVIEWS_DIR, protocol.CURVES_FILE, "eval", protocol.LOG_FILE)
+               protocol.MESHES_DIR, protocol.PREVIEWS_DIR, protocol.CURVES_FILE, "eval", protocol.LOG_FILE,
+               protocol.DATASET_DIR)
 
 
 def holds_a_job(path):

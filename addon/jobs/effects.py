@@ -1,7 +1,8 @@
 # SPDX-License-Identifier: GPL-3.0-or-later
 """What the engine's events do to the Blender scene, on the main thread (from the tick): the preview
-mesh, the region empty following the engine's region, the final mesh, and a dynamic job's sequence
-growing frame by frame (build.sequence.LiveSequence).
+mesh, the region empty following the engine's region, the final mesh, a dynamic job's sequence
+growing frame by frame (build.sequence.LiveSequence), and a calibration's dataset (cameras, region and
+points, build.points) becoming the scene's rig.
 
 A resumed dynamic job first adds the frames its sequence.json already lists; `done` makes the
 collection hold exactly the frames of sequence.json. A frame that cannot be imported fails the job and
@@ -15,6 +16,7 @@ import bpy
 from ...engine.io import protocol
 from ...engine.io import sequence as sequence_io
 from ..build import mesh as meshes
+from ..build import points as points_build
 from ..build import region as regions
 from ..build.sequence import LiveSequence
 from . import reducer
@@ -24,7 +26,9 @@ class SceneTargets:
     """Where a job's results go in the scene, and what it made there (names, looked up each time:
     ID pointers kept across ticks would dangle after a file load)."""
 
-    def __init__(self, scene_name, collection_name, region_name=None, resume=False):
+    def __init__(self, scene_name, collection_name, region_name=None, resume=False, kind="train", source_name=""):
+        self.kind = kind                      # "train", or "calibrate": a calibration's done imports its dataset
+        self.source_name = source_name        # a calibration: the collection's name (the photographs' folder)
         self.scene_name = scene_name
         self.collection_name = collection_name
         self.region_name = region_name        # an automatic region empty that follows the engine's region
@@ -69,6 +73,8 @@ def handle(job, event, state):
         remove_preview(job)
         outputs = event.get("outputs")
         outputs = outputs if isinstance(outputs, dict) else {}
+        if job.kind == "calibrate":
+            return _import_calibration(job, state, outputs)
         if job.dynamic or outputs.get("sequence"):
             return _finish_sequence(job, state, outputs)
         return _import_mesh(job, state)
@@ -88,6 +94,37 @@ def _import_mesh(job, state):
         meshes.show_color_attributes(bpy.context.window_manager)
         state.state = 'done'
         state.message = f"Imported '{obj.name}' ({len(obj.data.vertices)} vertices)"
+    return True
+
+
+def _import_calibration(job, state, outputs):
+    """A calibration's done: its dataset's cameras, region and points in one collection, which becomes
+    the scene's rig (as Import Rig sets it), so Train works on it."""
+    dataset = str(outputs.get("dataset") or os.path.join(job.job_dir, protocol.DATASET_DIR))
+    transforms = str(outputs.get("transforms") or os.path.join(dataset, protocol.TRANSFORMS_FILE))
+    points = str(outputs.get("points") or os.path.join(dataset, protocol.POINTS_FILE))
+    scene = _scene(job)
+    try:
+        built = points_build.build_calibrated(transforms, points, job.source_name or "Photos", scene)
+    except (ValueError, OSError) as exc:  # RigError and PlyError are ValueErrors
+        state.state = 'failed'
+        state.message = reducer.bounded(f"The calibration finished but its dataset cannot be imported: {exc} "
+                                        f"(Import Rig reads the dataset: {dataset})")
+        return True
+    # The scene's rig, as Import Rig sets it (operators/import_rig.py).
+    settings = scene.marble
+    settings.rig_path = built.rig.path
+    settings.rig_collection = built.collection
+    settings.region = built.region
+    job.collection_name = built.collection.name
+    meshes.show_color_attributes(bpy.context.window_manager)
+    state.state = 'done'
+    registered, images = outputs.get("registered"), outputs.get("images")
+    of = f" ({registered} of {images} photographs registered)" if (
+        reducer.is_integer(registered) and reducer.is_integer(images)) else ""
+    message = (f"Imported {len(built.cameras)} cameras and {len(built.points.data.vertices)} points into "
+               f"'{built.collection.name}'{of}")
+    state.message = reducer.bounded("\n".join([message] + list(built.warnings)))
     return True
 
 

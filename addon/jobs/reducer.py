@@ -12,6 +12,10 @@ from ...engine.io import protocol
 from ...engine.io import sequence as sequence_io
 
 PHASES = {"predict": "predicting its motion", "train": "training"}  # a dynamic job's phases within a frame
+# A calibration job's phases (protocol.CALIBRATE_PHASES), and what its progress counts in each.
+CALIBRATE_COUNTS = {"read": "Photographs read", "features": "Images with features", "matching": "Pairs matched",
+                    "mapping": "Images registered", "write": "Images written"}
+JOB_KINDS = ("train", "calibrate")  # a job trains a rig, or calibrates photographs into a dataset
 INT_LIMIT = 2 ** 31 - 1      # Blender's IntProperty is 32-bit: a larger number would raise in the tick
 FLOAT_LIMIT = 1e30           # Blender's FloatProperty is 32-bit; larger (or non-finite) figures mean nothing
 MAX_MESSAGE_CHARS = 2000     # what the job state keeps of one message (the panel re-wraps it on every redraw)
@@ -66,9 +70,27 @@ def frame_position(state, template="{} of {}"):
     return template.format(state.frame_index + 1, state.frame_count)
 
 
-def begin(state, job_dir, resume, total):
-    """A job was started (`total`: the scene's iterations). A resumed job keeps showing where it
-    stopped until the engine reports."""
+def job_kind(state):
+    """The job's kind ("train" or "calibrate"; a state without one trains)."""
+    value = getattr(state, "kind", "train")
+    return value if value in JOB_KINDS else "train"
+
+
+def calibration_summary(outputs):
+    """What a calibration's `done` outputs say, in words."""
+    registered, images = outputs.get("registered"), outputs.get("images")
+    text = "Calibrated"
+    if is_integer(registered) and is_integer(images):
+        text += f": {registered} of {images} photographs registered"
+    if outputs.get("dataset"):
+        text += f"; dataset: {outputs['dataset']}"
+    return text
+
+
+def begin(state, job_dir, resume, total, kind="train"):
+    """A job was started (`total`: the scene's iterations; `kind`: one of JOB_KINDS). A resumed job
+    keeps showing where it stopped until the engine reports."""
+    state.kind = kind
     if not resume:
         state.progress = 0.0
         state.iteration = 0
@@ -95,6 +117,7 @@ def update_state(state, event):
     changes): shared by the live tick and by replay()."""
     kind = event.get("event")
     if kind == protocol.STARTED:
+        state.kind = "calibrate" if event.get("command") == "calibrate" else "train"
         device, backend = event.get("device"), event.get("backend")
         state.device = ", ".join(str(x) for x in (device, backend) if x)
         state.dynamic = bool(event.get("dynamic"))
@@ -113,13 +136,18 @@ def update_state(state, event):
                 state.frame_count = event["count"]
         elif name == "predict":
             state.phase = "predict"
+        elif name == "calibrate":
+            phase = event.get("phase")
+            state.phase = phase if phase in protocol.CALIBRATE_PHASES else ""
     elif kind == protocol.PROGRESS:
         iteration, total = _count(event.get("iteration")), _count(event.get("total"))
         state.iteration = iteration
         if total > 0:
             state.total = total
         overall = _number(event.get("sequence_progress"), None)
-        if overall is not None:  # a dynamic job: the bar covers every frame
+        if overall is None:  # a calibration: the fraction of all its phases
+            overall = _number(event.get("fraction"), None)
+        if overall is not None:  # a dynamic job or a calibration: the bar covers the whole job
             state.progress = min(1.0, max(0.0, overall))
         elif total > 0:
             state.progress = min(1.0, max(0.0, iteration / total))
@@ -132,7 +160,7 @@ def update_state(state, event):
             state.frame_index = event["frame_index"]
         if is_integer(event.get("frame_count")):
             state.frame_count = event["frame_count"]
-        if event.get("phase") in PHASES:
+        if event.get("phase") in PHASES or event.get("phase") in protocol.CALIBRATE_PHASES:
             state.phase = event["phase"]
     elif kind == protocol.MESH:
         if event.get("frame") is None and event.get("path"):
@@ -161,6 +189,8 @@ def update_state(state, event):
             state.sequence_path = str(outputs["sequence"])
             if is_integer(outputs.get("frames")):
                 state.frames_done = outputs["frames"]
+        if job_kind(state) == "calibrate":
+            state.message = bounded(calibration_summary(outputs))
         state.progress = 1.0
         state.eta_s = 0.0
 
@@ -191,9 +221,14 @@ def ended(state, returncode, failure=None, cancel_requested=False, resumable=Fal
 
 def replay(state, job_dir):
     """Show the last state of the job in `job_dir` (absolute; "" for none), read back from its
-    events.jsonl, when no engine runs for it. Returns False when there is no job to show."""
+    events.jsonl (a calibration's is in its dataset folder), when no engine runs for it. Returns False
+    when there is no job to show."""
     events_path = os.path.join(job_dir, protocol.EVENTS_FILE) if job_dir else ""
+    dataset_events = os.path.join(job_dir, protocol.DATASET_DIR, protocol.EVENTS_FILE) if job_dir else ""
+    if events_path and not os.path.isfile(events_path) and os.path.isfile(dataset_events):
+        events_path = dataset_events
     state.state = 'idle'
+    state.kind = "train"
     state.progress = state.loss = state.psnr = state.eta_s = 0.0
     state.iteration = state.total = 0
     state.frame = state.frame_index = -1
@@ -203,7 +238,9 @@ def replay(state, job_dir):
     state.resumable = False
     state.job_dir = job_dir
     if not events_path or not os.path.isfile(events_path):
-        if job_dir:
+        if job_dir and os.path.isdir(job_dir):
+            state.message = f"The last job left no {protocol.EVENTS_FILE} in {job_dir}"
+        elif job_dir:
             state.message = f"The last job's folder is gone: {job_dir}"
         return False
     final, problems = None, []
@@ -229,13 +266,19 @@ def replay(state, job_dir):
                 state.frames_done = sequence_io.count_frames(path)
             except (ValueError, OSError) as exc:
                 problems.append(f"{path}: {exc}")
+    calibration = job_kind(state) == "calibrate"
     if final == protocol.DONE:
         state.state = 'done'
-        if state.dynamic:
+        if calibration:
+            state.message = state.message or "Calibrated"
+        elif state.dynamic:
             state.message = (f"Finished: {state.frames_done} frames; sequence: {state.sequence_path}"
                              if state.sequence_path else "Finished")
         else:
             state.message = f"Finished; mesh: {state.mesh_path}" if state.mesh_path else "Finished"
+    elif final is None and calibration:
+        state.state = 'failed'
+        state.message = "Interrupted while calibrating: import the photographs again"
     elif final is None:
         # No final event: the engine was stopped with Blender, or killed.
         state.resumable = has_checkpoint(job_dir)

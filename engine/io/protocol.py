@@ -11,26 +11,31 @@ import tempfile
 # Every event has "event" (one of these) and "t" (seconds since the engine started).
 # Dynamic jobs (a rig with several frames) add the fields after the semicolons.
 STARTED = "started"      # config (resolved dict), device, backend, half_table, job, data (the rig file), views;
-                         # dynamic (true), frames [F...], coordinates
-STAGE = "stage"          # name: one of STAGES; "train" has region {center, radius} (and frame, after a later
+                         # dynamic (true), frames [F...], coordinates; calibrate: command ("calibrate"), images
+                         # (the photographs' folder or the video), out (the dataset folder), count, video
+STAGE = "stage"          # name: one of STAGES; "calibrate" has phase (one of CALIBRATE_PHASES); "train" has region {center, radius} (and frame, after a later
                          # frame's prediction); "frame" has frame, index, count; "predict" and "extract" frame
 PROGRESS = "progress"    # iteration, total, loss, losses {term: value}, psnr, eta_s, frame (None for a static
                          # job), levels (active hash-grid levels), inv_s (NeuS sharpness), it_per_s, rays (rays in the batch of the step just done), samples (samples
                          # that step evaluated with gradients: normals, colour, backward; rays x samples
                          # per ray after empty-space skipping and early termination); frame_index,
                          # frame_count, phase ("predict" | "train"), sequence_progress (0-1);
-                         # iteration/total count within the frame's phase, eta_s is for the whole job
+                         # iteration/total count within the frame's phase, eta_s is for the whole job;
+                         # calibrate: phase, iteration/total (images, pairs or registered images in that
+                         # phase), fraction (0-1 over the whole calibration), eta_s
 PREVIEW = "preview"      # path of a coarse mesh written during training, iteration
 MESH = "mesh"            # path, frame (None for a static job), vertices, faces; iteration, loss, seconds (the frame's),
                          # world_from_canonical (4x4 rows), coordinates, sequence (sequence.json, rewritten)
 WARNING = "warning"      # message
 ERROR = "error"          # message a user can act on
 DONE = "done"            # outputs {"mesh": path}; dynamic: {"sequence": path, "meshes": folder, "frames": N};
-                         # evaluate: {"eval": folder, "psnr", "mask_iou"}; curves: {"curves": path}
+                         # evaluate: {"eval": folder, "psnr", "mask_iou"}; curves: {"curves": path};
+                         # calibrate: {"dataset", "transforms", "points", "registered", "images"}
 CANCELLED = "cancelled"  # checkpoint (path or None), iteration; dynamic: frame
 EVENT_KINDS = (STARTED, STAGE, PROGRESS, PREVIEW, MESH, WARNING, ERROR, DONE, CANCELLED)
 FINAL_EVENTS = (DONE, ERROR, CANCELLED)
-STAGES = ("load", "train", "extract", "frame", "predict")
+STAGES = ("calibrate", "load", "train", "extract", "frame", "predict")
+CALIBRATE_PHASES = ("read", "features", "matching", "mapping", "write")
 
 # A line "cancel" on the engine's stdin asks it to stop (as SIGINT/SIGTERM do).
 CANCEL_LINE = "cancel"
@@ -53,6 +58,13 @@ SEQUENCE_FILE = "sequence.json"       # a dynamic job's frames, in MESHES_DIR
 FRAME_MESH_FILE = "frame_{:06d}.ply"  # a dynamic job's mesh of one frame, in MESHES_DIR
 LOG_FILE = "engine.log"  # stderr of the engine, kept by the add-on
 CURVES_FILE = "curves.png"  # loss and PSNR against iteration, redrawn at each checkpoint
+DATASET_DIR = "dataset"  # in a job trained from photographs: the calibrated dataset (`calibrate`'s --out)
+
+# A calibrated dataset (`python -m engine calibrate --out DATASET`).
+TRANSFORMS_FILE = "transforms.json"
+IMAGES_DIR = "images"
+SPARSE_MODEL_DIR = os.path.join("sparse", "0")
+POINTS_FILE = "points3D.ply"
 
 
 _UMASK = os.umask(0o022)

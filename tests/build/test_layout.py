@@ -55,7 +55,7 @@ def cycles(graph):
     found, done = set(), set()
 
     def visit(node, stack):
-        for nxt in graph[node]:
+        for nxt in sorted(graph[node]):
             if nxt in stack:
                 loop = stack[stack.index(nxt):] + [nxt]
                 if not all(related(a, b) for a, b in zip(loop, loop[1:])):
