@@ -24,7 +24,7 @@ SPEC = {
                 "mask IoU", "mesh"],
     "key": ["scene", "cpu", "cores", "device", "backend", "preset", "iterations", "settings", "views", "size px"],
 }
-QUALITY_SCENES = ("armadillo", "spot", "bunny", "dtu", "fox")
+QUALITY_SCENES = ("armadillo", "spot", "bunny", "dtu", "fox", "dtu-calibrated", "fox-calibrated")
 QUALITY_OUT = os.path.join(OUT, "quality")
 DOCS = os.path.join(REPO, "docs")
 QUALITY_IMAGES = os.path.join(DOCS, "images")
@@ -36,6 +36,10 @@ CAPTURES = {
     "fox": {"folder": "fox", "rig_file": "transforms.json", "downscale": 4, "holdout_every": 8,
             "eval_downscale": 8},
 }
+# The same captures from their photographs alone (bench calibrate's datasets): DTU's masks are put
+# beside the calibrated photographs for the mask IoU only; it trains without them.
+CAPTURES["dtu-calibrated"] = dict(CAPTURES["dtu"], calibrated="dtu", masks="mask", extra=("--no-masks",))
+CAPTURES["fox-calibrated"] = dict(CAPTURES["fox"], calibrated="fox")
 
 
 def image_size(path):
@@ -139,10 +143,12 @@ def _capture(python, scene, data_dir, options, env, machine, image_dir):
     dataset = os.path.join(data_dir, capture["folder"])
     if not os.path.isfile(os.path.join(dataset, capture["rig_file"])):
         raise BuildError(f"{scene}: {dataset}/{capture['rig_file']} is missing")
+    if capture.get("calibrated"):
+        dataset = _calibrated(python, capture, dataset, data_dir, env)
     job = os.path.join(QUALITY_OUT, scene, "job" + settings_suffix(options))
     run, started = train(python, scene, dataset, job, options, env,
                          extra=["--downscale", str(capture["downscale"]),
-                                "--holdout-every", str(capture["holdout_every"])])
+                                "--holdout-every", str(capture["holdout_every"]), *capture.get("extra", ())])
     log("bench", f"{scene}: python -m engine evaluate (renders the held-out views)")
     evaluated = run_engine(["evaluate", job, "--downscale", str(capture["eval_downscale"])],
                            os.path.join(job, "evaluate.log"), f"{scene} evaluate", python=python, env=env)
@@ -166,6 +172,20 @@ def _capture(python, scene, data_dir, options, env, machine, image_dir):
                    image_dir, env, rig=dataset)
     return quality_row(scene, machine, started, run["wall_s"], run["peak_mb"], views, size,
                        evaluation=evaluation, png=png, settings=getattr(options, "set", None) or ())
+
+
+def _calibrated(python, capture, given, data_dir, env):
+    """bench calibrate's dataset of the capture (calibrated now when it is not there yet), with the
+    given dataset's masks copied beside its photographs when the capture has them."""
+    from bench.calibrate import calibrate_capture, dataset_folder
+    dataset = dataset_folder(capture["calibrated"])
+    if not os.path.isfile(os.path.join(dataset, "transforms.json")):
+        calibrate_capture(python, capture["calibrated"], data_dir, env)
+    if capture.get("masks"):
+        target = os.path.join(dataset, capture["masks"])
+        shutil.rmtree(target, ignore_errors=True)
+        shutil.copytree(os.path.join(given, capture["masks"]), target)
+    return dataset
 
 
 def _picture(python, scene, mesh, image_dir, env, rig=None):

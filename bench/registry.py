@@ -14,7 +14,7 @@ import sys
 
 from tools import REPO, log
 
-NAMES = ("demo", "rigs", "jobs", "quality", "dynamic", "sequence", "speed", "compile", "contention")
+NAMES = ("demo", "rigs", "jobs", "quality", "dynamic", "sequence", "speed", "compile", "contention", "calibrate")
 BENCH_DIR = os.path.dirname(os.path.abspath(__file__))
 BENCHMARKS_DOC = os.path.join(REPO, "docs", "benchmarks.md")
 BENCHMARKS_HEADER = ("# Benchmarks\n\nWritten by `python3 build.py bench [NAMES]`: one section per benchmark, "

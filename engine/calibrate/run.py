@@ -107,10 +107,14 @@ def choose_model(models, paths, out):
     """The largest reconstruction, with a warning naming what the others hold and what is left out;
     an error when it holds less than half the photographs."""
     count = len(paths)
+    for model in models:
+        sfm.drop_weak_images(model)
+    models = sorted(models, key=lambda m: m.num_reg_images(), reverse=True)
     if not models or models[0].num_reg_images() < sources.MIN_IMAGES:
         raise InputError(f"no camera could be placed: the {count} images share too few features (photograph "
                          f"a textured object from overlapping viewpoints, about 20 to 30 degrees apart)")
     model = models[0]
+    models = [m for m in models if m.num_reg_images() > 0]
     registered = {im.name for im in model.images.values() if im.has_pose}
     left = [p for p in paths if os.path.basename(p) not in registered]
     if len(models) > 1:

@@ -118,6 +118,8 @@ PROCESSED_FILE = re.compile(r"Processed file \[(\d+)/(\d+)\]")
 PROCESSING_BLOCK = re.compile(r"Processing block \[(\d+)/(\d+), (\d+)/(\d+)\]")
 MATCHING_IMAGE = re.compile(r"Matching image \[(\d+)/(\d+)\]")
 BLOCKS_PER_SIDE = 8       # exhaustive matching in about 8 x 8 blocks: a progress step per block
+MIN_IMAGE_POINTS = 30     # a registered image must see at least this many sparse points,
+MIN_POINTS_SHARE = 0.1    # and this share of the median image's
 
 
 def pair_count(count, matcher):
@@ -229,6 +231,21 @@ class Colmap:
         models = sorted((models or {}).values(), key=lambda m: m.num_reg_images(), reverse=True)
         self.report("mapping", models[0].num_reg_images() if models else 0, count)
         return models
+
+
+def drop_weak_images(model, least_points=MIN_IMAGE_POINTS, share=MIN_POINTS_SHARE):
+    """De-register the images a mapper placed on next to no evidence: fewer than `least_points`
+    triangulated points, or less than `share` of the median image's (the global mapper can place
+    such an image anywhere: the fox's 0077 with 5 points landed 250,000 region radii away).
+    Returns their names."""
+    images = [im for im in model.images.values() if im.has_pose]
+    if not images:
+        return []
+    median = sorted(im.num_points3D for im in images)[len(images) // 2]
+    weak = [im for im in images if im.num_points3D < max(least_points, share * median)]
+    for image in weak:
+        model.deregister_frame(image.frame_id)
+    return sorted(im.name for im in weak)
 
 
 def _counted(match):

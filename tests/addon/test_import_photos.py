@@ -295,3 +295,28 @@ def test_a_training_job_that_calibrates_first_shows_the_calibration(marble):
     job.stage = "train"
     calls, labels = panel_labels()
     assert "Running: train" in labels and "Iteration: 3 / 9" in labels
+
+
+def test_photos_calibrated_by_the_real_engine(marble, tmp_path):
+    """The operator end to end with the engine itself: photographs the tests render (known cameras)
+    become cameras that see what the photographs show, and points that lie on the scene."""
+    pytest.importorskip("pycolmap")
+    import calibration_scene as scenes
+    scene = scenes.render_scene(tmp_path / "garden", views=12, fmt="jpg", seed=11)
+    marble.prefs.python = sys.executable
+    marble.prefs.job_root = str(tmp_path / "jobs")
+    assert bpy.ops.marble.import_photos(directory=str(tmp_path / "garden") + os.sep) == {'FINISHED'}
+    state = bpy.context.window_manager.marble_job
+    run_ticks(marble.jobs, timeout=600)
+    assert state.state == 'done', state.message
+    settings = bpy.context.scene.marble
+    cameras = [o for o in settings.rig_collection.objects if o.type == 'CAMERA']
+    points = bpy.data.objects["garden points"]
+    assert len(cameras) == 12 and points.name in settings.rig_collection.objects
+    co = np.array([v.co[:] for v in points.data.vertices])
+    # Every camera sees most points inside its picture (the calibration's world is Blender's).
+    for camera in cameras:
+        uv = project_blender(camera, co)
+        inside = (uv[:, 0] >= 0) & (uv[:, 0] < scene.width) & (uv[:, 1] >= 0) & (uv[:, 1] < scene.height)
+        assert inside.mean() > 0.5, camera.name
+    assert settings.region is not None and settings.rig_path.endswith(os.path.join("dataset", "transforms.json"))

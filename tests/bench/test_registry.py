@@ -13,7 +13,7 @@ from bench import registry
 from bench.machine import machine_info
 
 # What runs only in the .venv or on a GPU machine (numpy, torch or bpy at module level is fine there).
-VENV_ONLY = {"meshes", "dynamic_eval", "speed_probe"}
+VENV_ONLY = {"meshes", "dynamic_eval", "speed_probe", "pose_compare"}
 
 
 def top_level_imports(path):
@@ -29,7 +29,7 @@ def top_level_imports(path):
 
 def test_the_registry_knows_each_benchmark_module_and_its_description():
     assert list(registry.BENCHMARKS) == ["demo", "rigs", "jobs", "quality", "dynamic", "sequence", "speed", "compile",
-                                         "contention"]
+                                         "contention", "calibrate"]
     for name, spec in registry.BENCHMARKS.items():
         assert os.path.isfile(os.path.join(REPO, "bench", f"{name}.py")), name
         assert os.path.isfile(os.path.join(REPO, "bench", f"{name}.md")), name

@@ -13,25 +13,14 @@ import pytest
 import calibration_scene as scenes
 from engine_process import assert_one_error, engine, read_until, run_engine
 
+from bench.pose_compare import similarity
+
 from engine.io import protocol
 from engine.io.ply import read_ply
 from engine.io.rig import load_rig
 
 pytest.importorskip("pycolmap")
 TIMEOUT = 600
-
-
-def similarity(source, target):
-    """Scale, rotation and translation (Umeyama) taking `source` points onto `target`."""
-    ms, mt = source.mean(0), target.mean(0)
-    a, b = source - ms, target - mt
-    U, S, Vt = np.linalg.svd(b.T @ a / len(a))
-    D = np.eye(3)
-    if np.linalg.det(U @ Vt) < 0:
-        D[2, 2] = -1
-    R = U @ D @ Vt
-    scale = np.trace(np.diag(S) @ D) / a.var(0).sum()
-    return scale, R, mt - scale * R @ ms
 
 
 def pose_errors(rig, scene):
