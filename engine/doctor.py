@@ -13,7 +13,9 @@ from .io import protocol
 
 # (module to import, pip name): what the engine cannot train without, and what it can.
 REQUIRED = (("torch", "torch"), ("numpy", "numpy"), ("mcubes", "PyMCubes"), ("PIL", "pillow"))
-OPTIONAL = (("trimesh", "trimesh"),)
+# Calibration (engine.calibrate) needs pycolmap, PyAV for videos and pillow-heif for HEIC photographs;
+# training does not.
+OPTIONAL = (("trimesh", "trimesh"), ("pycolmap", "pycolmap"), ("av", "av"), ("pillow_heif", "pillow-heif"))
 SETUP_HINT = "python3 build.py setup makes a .venv with all of them"
 
 
@@ -31,6 +33,8 @@ def engine_package(module):
 
 
 def _importable(name):
+    if name == "pycolmap":
+        import zlib  # noqa: F401  (pycolmap's own zlib must not come first: see engine.calibrate.sfm)
     try:
         importlib.import_module(name)
     except Exception:  # not installed, or installed but broken (a missing shared library): unusable either way
