@@ -33,7 +33,7 @@ SECTIONS = ("encoding", "network", "render", "train", "mesh", "data", "dynamic")
 CHOICES = {"render.sampler": ("occupancy", "hierarchical"), "render.background_model": ("auto", "none"),
            "train.color_loss": ("l1", "huber"), "train.gradient": ("numerical", "analytic"),
            "train.mixed_precision": ("auto", "off", "bf16", "fp16"), "dynamic.coordinates": ("world", "canonical"),
-           "encoding.half_table": ("auto", "on", "off")}
+           "encoding.half_table": ("auto", "on", "off"), "network.appearance": ("auto", "on", "off")}
 # "section.field": (least, most), both included; None: unbounded. Every number of the configuration
 # has one (tests/engine/test_config.py checks), checked by validate() and used by the CLI and the add-on.
 # The bounds keep a job inside what the engine can run: memory (samples, rays, table size, grid
@@ -43,6 +43,7 @@ RANGES = {
     "encoding.base_resolution": (1, 4096), "encoding.finest_resolution": (1, 65536),
     "network.sdf_hidden": (1, 1024), "network.sdf_layers": (1, 8), "network.geo_features": (1, 256),
     "network.color_hidden": (1, 1024), "network.color_layers": (1, 8), "network.init_radius": (0.0, 1.0),
+    "network.appearance_dim": (1, 64),
     "render.samples_per_ray": (1, 4096), "render.fine_samples": (0, 1024), "render.up_sample_rounds": (1, 16),
     "render.occupancy_resolution": (8, 512), "render.occupancy_update_every": (1, None),
     "render.init_inv_s": (0.0, 1e6), "render.cos_anneal_iters": (0, None), "render.background": (0.0, 1.0),
@@ -100,6 +101,9 @@ class NetworkConfig:
     color_hidden: int = 64
     color_layers: int = 2
     init_radius: float = 0.5       # geometric initialisation: a sphere of this radius
+    appearance: str = "auto"       # per-image appearance embedding fed to the colour MLP only (Neuralangelo):
+                                   # auto (on when the job trains without masks) | on | off; static jobs only
+    appearance_dim: int = 8        # numbers per training image in the embedding
 
 
 @dataclass

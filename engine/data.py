@@ -82,7 +82,7 @@ def load_image(path, where, size=None):
                 im.load()
                 if im.mode in WIDE_GREY_MODES:
                     return _wide_grey(im, size)
-                has_alpha = im.mode in ALPHA_MODES or "transparency" in im.info
+                has_alpha = _has_alpha(im)
                 im = im.convert("RGBA" if has_alpha else "RGB")
                 if size is not None and tuple(size) != im.size:
                     im = im.resize(tuple(size), Image.BOX)
@@ -106,6 +106,28 @@ def load_image(path, where, size=None):
 # Pillow modes of grey images deeper than 8 bits (16-bit PNGs): values on the 0..65535 scale.
 WIDE_GREY_MODES = ("I;16", "I;16B", "I;16L", "I;16N", "I")
 ALPHA_MODES = ("RGBA", "RGBa", "LA", "La", "PA")
+
+
+def _has_alpha(im):
+    """Whether load_image gives the opened image `im` an alpha channel (its header says)."""
+    if im.mode in WIDE_GREY_MODES:
+        transparency = im.info.get("transparency")
+        return isinstance(transparency, int) and not isinstance(transparency, bool)
+    return im.mode in ALPHA_MODES or "transparency" in im.info
+
+
+def image_has_alpha(path):
+    """Whether load_image would give the image at `path` an alpha channel (a mask), from its header
+    alone; False when it cannot be opened (load_image says why when the job reads it)."""
+    if Image is None:
+        return False
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            with Image.open(path) as im:
+                return _has_alpha(im)
+    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError):
+        return False
 
 
 def _wide_grey(im, size):
@@ -280,8 +302,9 @@ class RayDataset:
     def pixel_count(self):
         return int(self.offsets[-1])
 
-    def rays(self, flat_index):
-        """Origins, unit directions (normalised space), RGB and mask of flat pixel indices."""
+    def rays(self, flat_index, with_views=False):
+        """Origins, unit directions (normalised space), RGB and mask of flat pixel indices; with
+        `with_views`, also each ray's view (its index in the dataset's views)."""
         view = torch.searchsorted(self.view_offsets, flat_index, right=True) - 1
         local = flat_index - self.view_offsets[view]
         row, col = local // self.widths[view], local % self.widths[view]
@@ -292,7 +315,9 @@ class RayDataset:
         dirs = torch.einsum("nij,nj->ni", self.rotations[view], cam)
         dirs = dirs / dirs.norm(dim=-1, keepdim=True)
         mask = self.mask[flat_index] if self.mask is not None else None
+        if with_views:
+            return self.origins[view], dirs, self.rgb[flat_index], mask, view
         return self.origins[view], dirs, self.rgb[flat_index], mask
 
-    def sample(self, count, generator):
-        return self.rays(torch.randint(0, self.pixel_count, (count,), generator=generator))
+    def sample(self, count, generator, with_views=False):
+        return self.rays(torch.randint(0, self.pixel_count, (count,), generator=generator), with_views)

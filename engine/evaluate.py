@@ -2,7 +2,9 @@
 
 PSNR is over the whole image, both sides composited on the job's background the same way as in
 training (with masks: the photograph outside its mask is the background); mask IoU compares the
-rendered opacity (> 0.5) with the mask.
+rendered opacity (> 0.5) with the mask. With an appearance embedding (engine.nn.model.ColorNetwork),
+held-out views render with the mean appearance, and training views (a job that held none out) with
+their own.
 """
 import math
 import os
@@ -15,9 +17,10 @@ from .data import camera_rays, downscaled_view, load_image
 
 
 @torch.no_grad()
-def render_view(trainer, view, chunk=1024):
+def render_view(trainer, view, chunk=1024, train_index=None):
     """RGB (H, W, 3) composited over the background, and the surface's opacity (H, W), of `view`
-    (already at the size to render) from the model."""
+    (already at the size to render) from the model; `train_index`: the view's index among the
+    training views (its appearance), None: not a training view (the mean appearance)."""
     model, n = trainer.model, trainer.data.normalization
     model.sdf.grid.set_active_levels(trainer.cfg.encoding.levels)
     rows, cols = np.mgrid[0:view.height, 0:view.width]
@@ -27,8 +30,9 @@ def render_view(trainer, view, chunk=1024):
     rgb, opacity = [], []
     for d in dirs.split(chunk):
         d = d.to(trainer.device)
+        views = None if train_index is None else torch.full((len(d),), train_index, device=trainer.device)
         out = trainer.render(origin.to(trainer.device).expand(len(d), 3), d, cos_anneal=1.0,
-                             eps=model.sdf.finest_cell())
+                             eps=model.sdf.finest_cell(), views=views)
         rgb.append(out["rgb"].cpu())
         opacity.append(out["opacity"].cpu())
     shape = (view.height, view.width)
@@ -51,7 +55,10 @@ def evaluate_views(trainer, views, downscale, out_dir):
         mask = None if alpha is None else (alpha > 0.5).astype(np.float32)
         if mask is not None and trainer.cfg.data.use_masks:  # trained without masks: the whole photograph
             gt = gt * mask[..., None] + background * (1 - mask[..., None])
-        pred, opacity = render_view(trainer, view)
+        trained = next((j for j, v in enumerate(trainer.rig.views) if v is full), None)
+        if trained is not None and trained >= trainer.model.appearance_views:
+            trained = None  # no embedding (or one of other views): the mean, or nothing to choose
+        pred, opacity = render_view(trainer, view, train_index=trained)
         mse = float(((pred - gt) ** 2).mean())
         iou = None
         if mask is not None:

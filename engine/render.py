@@ -94,11 +94,20 @@ def sdf_values(model, x):
     return value(x) if value is not None else model.sdf(x)[0]
 
 
-def _inference_samples(model, x, d, step, inv_s, cos_anneal, eps, sdf=None):
+def sample_colors(model, features, normals, dirs, views=None):
+    """The colour network at samples; `views`: each sample's training view (for the appearance
+    embedding), or None: the mean appearance (and models whose colour takes no view index)."""
+    if views is None:
+        return model.color(features, normals, dirs)
+    return model.color(features, normals, dirs, views)
+
+
+def _inference_samples(model, x, d, step, inv_s, cos_anneal, eps, sdf=None, views=None):
     """Rendering without gradients: the SDF everywhere, but normals (6 more taps) and colour only
     where the logistic density is not saturated. Elsewhere NeuS's opacity is 0 outside the surface
     and 1 inside it whatever the normal, and the colour there carries no weight. `sdf`: the values
-    at x when the caller has them already (early termination looked them up)."""
+    at x when the caller has them already (early termination looked them up); `views`: each
+    sample's training view, or None."""
     if sdf is None:
         sdf = sdf_values(model, x)
     near = (sdf.abs() < 12.0 / inv_s + step).nonzero().squeeze(1)
@@ -108,7 +117,7 @@ def _inference_samples(model, x, d, step, inv_s, cos_anneal, eps, sdf=None):
     if near.numel():
         s, g, feat, _ = model.sdf.with_gradient(x[near], eps)
         normals = g / g.norm(dim=-1, keepdim=True).clamp_min(1e-6)
-        rgb[near] = model.color(feat, normals, d[near])
+        rgb[near] = sample_colors(model, feat, normals, d[near], None if views is None else views[near])
         alpha[near] = neus_alpha(s, (d[near] * g).sum(-1), step[near], inv_s, cos_anneal)
         grad[near] = g
     return sdf, grad, rgb, alpha, None
@@ -232,7 +241,7 @@ def hierarchical_samples(sdf_fn, origins, dirs, near, far, coarse, fine, rounds,
 
 def render_rays(model, grid, origins, dirs, samples, cos_anneal, eps, gradient="numerical",
                 curvature=False, jitter=True, generator=None, background=0.0, sampler="occupancy",
-                fine_samples=64, up_sample_rounds=4, early_stop=0.0, skip_alpha=0.0):
+                fine_samples=64, up_sample_rounds=4, early_stop=0.0, skip_alpha=0.0, views=None):
     """Colour, opacity and per-sample terms of a batch of rays.
 
     sampler "occupancy": `samples` fixed steps per ray, evaluated where the grid is occupied; with
@@ -243,6 +252,8 @@ def render_rays(model, grid, origins, dirs, samples, cos_anneal, eps, gradient="
     composited over the background (the model's background NeRF when it has one, else the constant
     grey `background`), opacity (R,) of the surface alone, grad (M, 3) and laplacian (M,) or None at the
     M evaluated samples, `evaluated` (M) and `candidates` (samples in occupied cells, M or more).
+    `views` (R,): each ray's training view, for the colour network's appearance embedding; None (a
+    view that is not a training view): the mean appearance.
     """
     rays, device = origins.shape[0], origins.device
     near, far, hit = sphere_chord(origins, dirs)
@@ -283,13 +294,14 @@ def render_rays(model, grid, origins, dirs, samples, cos_anneal, eps, gradient="
     x = points.reshape(-1, 3)[flat]
     d = dirs[ray_of]
     seg = step.reshape(-1)[flat]
+    sample_views = None if views is None else views[ray_of]
     if torch.is_grad_enabled():
         sdf, grad, feat, lap = model.sdf.with_gradient(x, eps, gradient, curvature)
         normals = grad / grad.norm(dim=-1, keepdim=True).clamp_min(1e-6)
-        rgb = model.color(feat, normals, d)
+        rgb = sample_colors(model, feat, normals, d, sample_views)
         alpha = neus_alpha(sdf, (d * grad).sum(-1), seg, inv_s, cos_anneal)
     else:
-        sdf, grad, rgb, alpha, lap = _inference_samples(model, x, d, seg, inv_s, cos_anneal, eps, sdf)
+        sdf, grad, rgb, alpha, lap = _inference_samples(model, x, d, seg, inv_s, cos_anneal, eps, sdf, sample_views)
     alpha_full = torch.zeros(rays * count, dtype=alpha.dtype, device=device).index_put((flat,), alpha)
     alpha_full = alpha_full.view(rays, count)
     transmittance = torch.cumprod(torch.cat([torch.ones(rays, 1, device=device), 1.0 - alpha_full + 1e-7], 1),

@@ -1,6 +1,6 @@
 """One training job's set-up, resolved once before it starts: the device, the encoding backend, the
-frames of a dynamic rig, the region and the views. The `started` event and the trainers read it; no
-trainer resolves any of these again.
+frames of a dynamic rig, the region, the views and whether the colour network has an appearance
+embedding. The `started` event and the trainers read it; no trainer resolves any of these again.
 """
 import math
 import os
@@ -9,7 +9,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from .config import InputError, parse_frames
-from .data import Normalization
+from .data import Normalization, image_has_alpha
 from .io import protocol
 from .inputs import check_cameras, check_image_sizes, check_region
 from .io.rig import RigError
@@ -37,6 +37,21 @@ def select_frames(rig, spec):
     return frames
 
 
+def resolve_appearance(cfg, views, dynamic):
+    """network.appearance as on (True) or off: "on" and "off" as asked; "auto" on when the job trains
+    without masks (data.use_masks off, or no view has a mask file or an alpha channel: a real capture
+    whose exposure and white balance change from photograph to photograph). Dynamic jobs: off, whatever
+    was asked (the embedding has a row per training image, and every frame of a sequence trains other
+    images; the engine does not tie rows to physical cameras)."""
+    if dynamic:
+        return False
+    if cfg.network.appearance != "auto":
+        return cfg.network.appearance == "on"
+    if not cfg.data.use_masks:
+        return True
+    return not any(v.mask_path or image_has_alpha(v.image_path) for v in views)
+
+
 @dataclass
 class Session:
     cfg: object              # engine.config.Config (cfg.backend becomes the backend really used)
@@ -48,6 +63,7 @@ class Session:
     frames: list = None      # a dynamic rig's frames to train; None: a static job
     region: tuple = None     # --region (x, y, z, radius) in world units, or None
     all_views: tuple = ()    # every view of the rig, whatever the trainers later keep
+    appearance: bool = False # the colour network's per-image appearance embedding (resolve_appearance)
 
     @classmethod
     def open(cls, cfg, rig, job_dir, region=None):
@@ -70,7 +86,8 @@ class Session:
         device = resolve_device(cfg.device)
         from .nn.backends import resolve_backend
         resolve_backend(cfg.backend, device, cfg.encoding.features)  # a bad choice fails before the job exists
-        return cls(cfg, rig, job_dir, device, cfg.backend, frames=frames, region=region, all_views=tuple(rig.views))
+        return cls(cfg, rig, job_dir, device, cfg.backend, frames=frames, region=region, all_views=tuple(rig.views),
+                   appearance=resolve_appearance(cfg, first, frames is not None))
 
     @classmethod
     def checked(cls, cfg, rig, job_dir, warn, region=None):
@@ -94,7 +111,8 @@ class Session:
     def started_fields(self):
         """The `started` event's fields."""
         fields = dict(config=self.cfg.to_dict(), device=self.device, backend=self.backend, half_table=self.half_table,
-                      job=os.path.abspath(self.job_dir), data=self.rig.path, views=len(self.all_views))
+                      job=os.path.abspath(self.job_dir), data=self.rig.path, views=len(self.all_views),
+                      appearance=self.appearance)
         if self.dynamic:
             fields.update(dynamic=True, frames=list(self.frames), coordinates=self.cfg.dynamic.coordinates)
         return fields

@@ -490,3 +490,21 @@ def write_idr_npz(folder, cameras, scale_mat=None, masks=True, name="cameras_sph
     path = os.path.join(folder, name)
     np.savez(path, **arrays)
     return path
+
+
+def ball_view(place, count, size, focal_factor, radius):
+    """A camera at distance 3 looking at the origin (the `place`-th of `count` around it, at a varying
+    elevation) and the rays of its pixels cast at a ball of `radius` there: (K, c2w, hit (size*size,)
+    bool, points (size*size, 3) where the rays meet the ball)."""
+    elevation, azimuth = 0.6 * math.sin(place * 2.4), 2 * math.pi * place / count
+    eye = 3.0 * np.array([math.cos(azimuth) * math.cos(elevation), math.sin(azimuth) * math.cos(elevation),
+                          math.sin(elevation)])
+    K = np.array([[size * focal_factor, 0, size / 2], [0, size * focal_factor, size / 2], [0, 0, 1]])
+    c2w = look_at(eye, (0, 0, 0))
+    px = np.stack(np.meshgrid(np.arange(size) + 0.5, np.arange(size) + 0.5), -1).reshape(-1, 2)
+    d = (np.c_[px, np.ones(len(px))] @ np.linalg.inv(K).T) @ c2w[:3, :3].T
+    d /= np.linalg.norm(d, axis=1, keepdims=True)
+    b = d @ eye
+    disc = b * b - eye @ eye + radius ** 2
+    hit = disc > 0
+    return K, c2w, hit, eye + (-b - np.sqrt(np.maximum(disc, 0)))[:, None] * d

@@ -10,7 +10,8 @@ import tempfile
 
 # Every event has "event" (one of these) and "t" (seconds since the engine started).
 # Dynamic jobs (a rig with several frames) add the fields after the semicolons.
-STARTED = "started"      # config (resolved dict), device, backend, half_table, job, data (the rig file), views;
+STARTED = "started"      # config (resolved dict), device, backend, half_table, job, data (the rig file), views,
+                         # appearance (the per-image embedding is on);
                          # dynamic (true), frames [F...], coordinates; calibrate: command ("calibrate"), images
                          # (the photographs' folder or the video), out (the dataset folder), count, video
 STAGE = "stage"          # name: one of STAGES; "calibrate" has phase (one of CALIBRATE_PHASES); "train" has region {center, radius} (and frame, after a later

@@ -2,6 +2,7 @@
 
 Positions are in the engine's normalised space, the unit sphere inside [-1, 1]^3.
 """
+import dataclasses
 import math
 
 import torch
@@ -114,21 +115,41 @@ def differences(values, extra, n, eps, curvature):
 
 
 class ColorNetwork(nn.Module):
-    """(geometry features, normal, view direction) -> RGB in [0, 1]."""
+    """(geometry features, normal, view direction[, appearance code]) -> RGB in [0, 1].
+
+    With `appearance_views` > 0 it holds Neuralangelo's per-image appearance embedding: one learned
+    row of net_cfg.appearance_dim numbers per training view (zeros at first: the plain network),
+    concatenated to the MLP's input, so that exposure and white balance that change from photograph
+    to photograph are explained here and not by the geometry (the SDF network never sees it). Samples
+    with no training view (held-out views, meshes, previews) take the mean of the rows."""
 
     amp_dtype = None  # set by SDFModel.set_mixed_precision
 
-    def __init__(self, net_cfg):
+    def __init__(self, net_cfg, appearance_views=0):
         super().__init__()
-        dims = [net_cfg.geo_features + 6] + [net_cfg.color_hidden] * net_cfg.color_layers + [3]
+        extra = net_cfg.appearance_dim if appearance_views else 0
+        dims = [net_cfg.geo_features + 6 + extra] + [net_cfg.color_hidden] * net_cfg.color_layers + [3]
         layers = []
         for a, b in zip(dims[:-1], dims[1:]):
             layers += [nn.Linear(a, b), nn.ReLU(inplace=True)]
         self.mlp = nn.Sequential(*layers[:-1])
+        self.appearance = nn.Parameter(torch.zeros(appearance_views, extra)) if appearance_views else None
 
-    def forward(self, features, normals, dirs):
+    def appearance_codes(self, views, count):
+        """(count, appearance_dim) codes: the rows of `views` (training view indices), or the mean
+        row for every sample when `views` is None."""
+        if views is None:
+            return self.appearance.mean(0).expand(count, -1)
+        return self.appearance[views]
+
+    def forward(self, features, normals, dirs, views=None):
+        """`views`: each sample's training view index (N,), or None (the mean appearance); ignored
+        without an appearance embedding."""
+        inputs = [features, normals, dirs]
+        if self.appearance is not None:
+            inputs.append(self.appearance_codes(views, features.shape[0]).to(features.dtype))
         with reduced_precision(self, features):
-            logits = self.mlp(torch.cat([features, normals, dirs], -1))
+            logits = self.mlp(torch.cat(inputs, -1))
         return torch.sigmoid(logits.float())
 
 
@@ -144,12 +165,37 @@ class Sharpness(nn.Module):
 
 
 class SDFModel(nn.Module):
-    def __init__(self, cfg, background=False):
+    """The SDF network, the colour network and NeuS's sharpness (and the background NeRF of unmasked
+    scenes). `appearance_views` > 0: the colour network's appearance embedding has one row per
+    training view (ColorNetwork)."""
+
+    def __init__(self, cfg, background=False, appearance_views=0):
         super().__init__()
+        self.net_cfg = cfg.network
         self.sdf = SDFNetwork(cfg.encoding, cfg.network)
-        self.color = ColorNetwork(cfg.network)
+        self.color = ColorNetwork(cfg.network, appearance_views)
         self.sharpness = Sharpness(cfg.render.init_inv_s)
         self.background = BackgroundNeRF(samples=cfg.render.background_samples) if background else None
+
+    @property
+    def appearance_views(self):
+        """Rows of the appearance embedding; 0 without one."""
+        return 0 if self.color.appearance is None else self.color.appearance.shape[0]
+
+    def match_appearance(self, state):
+        """Give the colour network the appearance embedding (present or not, rows x numbers) of the
+        state_dict `state`, so that it loads: a checkpoint is the truth about what was trained (a job
+        from before the embedding existed has none). Returns True when the network was rebuilt (its
+        weights are then new: load the state next, and rebuild the optimiser)."""
+        table = state.get("color.appearance")
+        current = self.color.appearance
+        if (table is None) == (current is None) and (table is None or table.shape == current.shape):
+            return False
+        cfg = self.net_cfg if table is None else dataclasses.replace(self.net_cfg, appearance_dim=table.shape[1])
+        color = ColorNetwork(cfg, 0 if table is None else table.shape[0])
+        color.amp_dtype = self.color.amp_dtype
+        self.color = color.to(self.sharpness.variance.device)
+        return True
 
     def set_mixed_precision(self, dtype):
         """Run the colour and background MLPs under autocast at `dtype` (None: full precision). The SDF
@@ -158,12 +204,16 @@ class SDFModel(nn.Module):
         self.color.amp_dtype = dtype
         if self.background is not None:
             self.background.amp_dtype = dtype
+
     def param_groups(self, train_cfg):
-        return [
+        groups = [
             {"params": self.sdf.grid.table_parameters(), "lr": train_cfg.lr, "name": "grid",
              "weight_decay": train_cfg.grid_weight_decay},
-            {"params": list(self.sdf.layers.parameters()) + list(self.color.parameters())
+            {"params": list(self.sdf.layers.parameters()) + list(self.color.mlp.parameters())
              + (list(self.background.parameters()) if self.background is not None else []),
              "lr": train_cfg.lr, "name": "mlp"},
             {"params": list(self.sharpness.parameters()), "lr": train_cfg.lr_variance, "name": "variance"},
         ]
+        if self.color.appearance is not None:
+            groups.append({"params": [self.color.appearance], "lr": train_cfg.lr, "name": "appearance"})
+        return groups

@@ -127,10 +127,11 @@ class SequenceTrainer(Trainer):
                 torch.as_tensor(translation, dtype=torch.float32, device=self.device))
 
     def sample_rays(self):
-        """The frame's rays moved into the canonical space: x_c = R^c (x + T^c)."""
-        origins, dirs, rgb, mask = super().sample_rays()
+        """The frame's rays moved into the canonical space: x_c = R^c (x + T^c). (Their views go with
+        them, unused: dynamic jobs have no appearance embedding, engine.session.resolve_appearance.)"""
+        origins, dirs, rgb, mask, views = super().sample_rays()
         rotation, translation = self.transform_tensors(self.rotation, self.translation)
-        return to_canonical(origins, rotation, translation), dirs @ rotation.T, rgb, mask
+        return to_canonical(origins, rotation, translation), dirs @ rotation.T, rgb, mask, views
 
     def update_region(self):
         """The occupancy region in canonical space from this frame's silhouettes, moved by its transform."""

@@ -78,7 +78,14 @@ class Trainer:
         self.out.log(f"{len(self.rig.views)} views, {self.data.pixel_count} pixels, masks: {masks}; "
                      f"region: centre {np.round(n.center, 4).tolist()}, radius {n.radius:.4g}")
         use_background = self.cfg.render.background_model == "auto" and not self.data.has_masks
-        self.model = SDFModel(self.cfg, background=use_background).to(self.device)
+        # The appearance embedding: a row per training view (Session.appearance resolved it; dynamic: off).
+        rows = len(self.rig.views) if self.session.appearance else 0
+        if self.session.dynamic and self.cfg.network.appearance == "on":
+            self.out.warn("network.appearance=on: dynamic jobs train without the appearance embedding")
+        elif rows:
+            self.out.log(f"appearance embedding: {self.cfg.network.appearance_dim} numbers for each of the {rows} "
+                         f"training views (held-out views and mesh colours use their mean)")
+        self.model = SDFModel(self.cfg, background=use_background, appearance_views=rows).to(self.device)
         self.backend, half_table = self.session.backend, self.session.half_table
         self.model.sdf.grid.set_backend(self.backend, half_table=half_table)
         self.out.log(f"hash encoding: {self.backend} backend" + (", float16 table lookups" if half_table else ""))
@@ -89,11 +96,14 @@ class Trainer:
         if self.amp_dtype is not None:
             self.out.log(f"mixed precision: colour and background MLPs in {str(self.amp_dtype).split('.')[-1]}")
         self.grid = OccupancyGrid(self.cfg.render.occupancy_resolution, hull, self.device)
+        self.make_optimizer()
+        self.step = 0
+
+    def make_optimizer(self):
         # AdamW: weight decay (the grid's, when the preset asks for it) stays out of Adam's moments.
         self.optimizer = torch.optim.AdamW(self.model.param_groups(self.cfg.train), betas=(0.9, 0.99), eps=1e-15,
                                            weight_decay=0.0)
         self.base_lrs = [g["lr"] for g in self.optimizer.param_groups]
-        self.step = 0
 
     def training_views(self):
         """(training views, held-out views): Session.views of the job."""
@@ -139,6 +149,10 @@ class Trainer:
         checkpoint's dict (for checkpoint_extra's fields)."""
         if state is None:
             state = load_checkpoint(path, self.device, self.backend)
+        if self.model.match_appearance(state["model"]):  # the checkpoint's embedding (or none) is what was trained
+            rows = self.model.appearance_views
+            self.out.log(f"{path}: appearance embedding " + (f"of {rows} views" if rows else "off") + " as trained")
+            self.make_optimizer()
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.grid.load_state_dict(state["grid"])
@@ -155,14 +169,17 @@ class Trainer:
         """SDF at points given on any device, returned on the CPU (for extraction)."""
         return self.model.sdf.value(x.to(self.device)).to(x.device)
 
-    def render(self, origins, dirs, cos_anneal, eps, gradient="numerical", curvature=False, jitter=False):
-        """render_rays with the configured sampler (normalised-space rays on the training device)."""
+    def render(self, origins, dirs, cos_anneal, eps, gradient="numerical", curvature=False, jitter=False,
+               views=None):
+        """render_rays with the configured sampler (normalised-space rays on the training device);
+        `views`: each ray's training view (the appearance embedding's row), None: the mean appearance."""
         rc = self.cfg.render
         return render_rays(self.model, self.grid, origins, dirs, rc.samples_per_ray, cos_anneal=cos_anneal, eps=eps,
                            gradient=gradient, curvature=curvature, jitter=jitter,
                            generator=self.generator if jitter else None, background=rc.background,
                            sampler=rc.sampler, fine_samples=rc.fine_samples, up_sample_rounds=rc.up_sample_rounds,
-                           early_stop=rc.early_stop, skip_alpha=rc.skip_alpha)
+                           early_stop=rc.early_stop, skip_alpha=rc.skip_alpha,
+                           views=views if self.model.appearance_views else None)
 
     def lr_factor(self):
         """The learning rate of this step as a fraction of the configured one."""
@@ -170,9 +187,9 @@ class Trainer:
 
     def sample_rays(self):
         """A random batch of the training views' rays on the training device, in the model's space:
-        origins, directions, colours and mask values (None without masks)."""
+        origins, directions, colours, mask values (None without masks) and each ray's view."""
         return tuple(None if t is None else t.to(self.device)
-                     for t in self.data.sample(self.batch.rays, self.generator))
+                     for t in self.data.sample(self.batch.rays, self.generator, with_views=True))
 
     def train_step(self):
         cfg, tc = self.cfg, self.cfg.train
@@ -184,9 +201,9 @@ class Trainer:
         factor = self.lr_factor()
         for group, base in zip(self.optimizer.param_groups, self.base_lrs):
             group["lr"] = base * factor
-        origins, dirs, rgb_gt, mask = self.sample_rays()
+        origins, dirs, rgb_gt, mask, views = self.sample_rays()
         out = self.render(origins, dirs, cos_anneal=min(1.0, self.step / max(1, cfg.render.cos_anneal_iters)),
-                          eps=eps, gradient=tc.gradient, curvature=tc.curvature_weight > 0, jitter=True)
+                          eps=eps, gradient=tc.gradient, curvature=tc.curvature_weight > 0, jitter=True, views=views)
         self.last_rays, self.last_samples = origins.shape[0], out["evaluated"]
         self.batch.update(self.last_rays, self.last_samples)
         loss, losses = training_losses(out, rgb_gt, mask, cfg, self.step)
@@ -207,6 +224,10 @@ class Trainer:
                 self.out.warn("--resume: the job has no checkpoint yet; starting from the beginning")
             else:
                 self.out.log(f"resumed from {latest} at step {self.step}")
+                rows = self.model.appearance_views
+                if rows and rows != len(self.rig.views):
+                    raise InputError(f"--resume: {latest} has an appearance embedding of {rows} views, but the job "
+                                     f"now trains {len(self.rig.views)}: the rig or data.holdout_every changed")
         self.emit_train_stage()
         self.train_until(tc.iterations)
         self.save_checkpoint()

@@ -5,7 +5,6 @@ import json
 import os
 import shutil
 import signal
-import time
 
 import numpy as np
 import pytest
@@ -208,7 +207,7 @@ def test_too_few_photographs_and_unreadable_files_are_refused(tmp_path):
 
 
 def test_photographs_that_share_nothing_are_named(tmp_path):
-    scene = scenes.render_scene(tmp_path / "mixed", views=12, seed=4)
+    scenes.render_scene(tmp_path / "mixed", views=12, seed=4)
     noise_images(tmp_path / "mixed", 14)
     code, events, err = calibrate(tmp_path / "mixed", tmp_path / "dataset", timeout=TIMEOUT)
     assert_one_error(code, events, err, "registered 12 of 26", "share no features", "noise_00")
@@ -246,7 +245,7 @@ def test_cancel_leaves_no_dataset(tmp_path):
     scenes.render_scene(tmp_path / "photos", views=24, seed=8)
     proc = engine(["calibrate", "--images", str(tmp_path / "photos"), "--out", str(tmp_path / "dataset")])
     read_until(proc, protocol.STAGE, timeout=TIMEOUT)
-    events = read_until(proc, protocol.PROGRESS, timeout=TIMEOUT)
+    read_until(proc, protocol.PROGRESS, timeout=TIMEOUT)
     proc.send_signal(signal.SIGTERM)
     rest = [protocol.decode(line) for line in proc.stdout.read().splitlines()]
     proc.wait(timeout=60)

@@ -19,7 +19,7 @@ from engine.io.rig import Rig, View
 from engine.session import Session
 from engine.train.checkpoints import latest_checkpoint
 from engine.train.trainer import Trainer
-from rig_files import look_at
+from rig_files import ball_view
 
 CENTER, RADIUS = torch.tensor([0.05, -0.1, 0.0]), 0.5
 
@@ -176,19 +176,7 @@ def ball_rig(folder, count=12, size=32, radius=0.45):
     around it at distance 3."""
     views = []
     for i in range(count):
-        elevation = 0.6 * math.sin(i * 2.4)
-        azimuth = 2 * math.pi * i / count
-        eye = 3.0 * np.array([math.cos(azimuth) * math.cos(elevation), math.sin(azimuth) * math.cos(elevation),
-                              math.sin(elevation)])
-        K = np.array([[size * 1.6, 0, size / 2], [0, size * 1.6, size / 2], [0, 0, 1]])
-        c2w = look_at(eye, (0, 0, 0))
-        px = np.stack(np.meshgrid(np.arange(size) + 0.5, np.arange(size) + 0.5), -1).reshape(-1, 2)
-        d = (np.c_[px, np.ones(len(px))] @ np.linalg.inv(K).T) @ c2w[:3, :3].T
-        d /= np.linalg.norm(d, axis=1, keepdims=True)
-        b = d @ eye
-        disc = b * b - eye @ eye + radius ** 2
-        hit = disc > 0
-        x = eye + (-b - np.sqrt(np.maximum(disc, 0)))[:, None] * d
+        K, c2w, hit, x = ball_view(i, count, size, 1.6, radius)
         rgb = texture(torch.tensor(x * 2, dtype=torch.float32)).numpy()
         rgba = np.concatenate([rgb * hit[:, None], hit[:, None]], 1).reshape(size, size, 4)
         path = str(folder / f"view_{i:02d}.png")
