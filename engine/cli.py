@@ -85,6 +85,8 @@ def parse_args(argv):
     extract = sub.add_parser("extract", help="extract the mesh of a job from its last checkpoint")
     extract.add_argument("job", help="job directory")
     extract.add_argument("--resolution", type=int)
+    extract.add_argument("--largest-component", action="store_true",
+                         help="keep only the largest connected piece of the mesh")
     evaluate = sub.add_parser("evaluate", help="render a job's held-out views and report PSNR and mask IoU")
     evaluate.add_argument("job", help="job directory")
     evaluate.add_argument("--downscale", type=int, help="render at 1/N size (default: the training size)")
@@ -301,6 +303,8 @@ def run_extract(args, out):
     trainer = load_job(args.job, out)
     if resolution is not None:
         trainer.cfg.mesh.resolution = resolution
+    if args.largest_component:
+        trainer.cfg.mesh.largest_component = True
     out.emit(protocol.DONE, outputs=trainer.extract())
     return protocol.EXIT_OK
 

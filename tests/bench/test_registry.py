@@ -69,7 +69,7 @@ def test_docs_benchmarks_md_is_reproduced_section_by_section():
     assert text.startswith(registry.BENCHMARKS_HEADER.rstrip("\n"))
     sections = re.split(r"(?m)^(?=## )", text)[1:]
     assert [s.splitlines()[0][3:].split(":")[0] for s in sections] == [
-        "demo", "rigs", "quality", "jobs", "dynamic", "sequence", "speed", "compile", "contention"]
+        "demo", "rigs", "quality", "jobs", "dynamic", "sequence", "speed", "compile", "contention", "calibrate"]
     for section in sections:
         name = section.splitlines()[0][3:].split(":")[0]
         rows = registry.parse_table(section.splitlines())

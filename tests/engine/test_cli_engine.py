@@ -153,6 +153,10 @@ def test_extract_reextracts_from_the_checkpoint(tmp_path, tiny_rig):
     assert code == 0, err
     assert events[-1]["event"] == protocol.DONE and events[-1]["outputs"]["mesh"] == mesh
     assert os.path.getsize(mesh) > first  # a finer lattice gives more vertices
+    finer = os.path.getsize(mesh)
+    code, events, err = run_engine(["extract", job, "--resolution", "40", "--largest-component"])
+    assert code == 0, err
+    assert os.path.getsize(mesh) <= finer   # pieces other than the largest are dropped
     code, events, err = run_engine(["extract", str(tmp_path)])
     assert_one_error(code, events, err, "not a job directory")
 
