@@ -86,7 +86,7 @@ def names(paths, limit=NAMES_SHOWN):
     return ", ".join(shown) + (f" and {len(paths) - limit} more" if len(paths) > limit else "")
 
 
-def read_inputs(images, staging, options, every, check, report):
+def read_inputs(images, staging, every, check, report):
     """Copy the photographs (or the video's frames) into staging/images; (paths, video?)."""
     image_dir = os.path.join(staging, protocol.IMAGES_DIR)
     os.makedirs(image_dir)
@@ -160,8 +160,8 @@ def calibrate(images, dataset, out, options=None, every=None, overwrite=False, c
             count = None if video else len(sources.list_photos(images)) if os.path.isdir(images) else None
             out.emit(protocol.STARTED, command="calibrate", images=images, out=dataset, count=count, video=video)
         progress.enter("read")
-        paths, video = sfm.time_stage(times, "read", lambda: read_inputs(images, staging, options, every,
-                                                                          check, progress))
+        paths, video = sfm.time_stage(times, "read", lambda: read_inputs(images, staging, every, check,
+                                                                          progress))
         out.log(f"calibrating {len(paths)} {'frames' if video else 'photographs'} from {images} into {dataset}")
         workspace = os.path.join(staging, ".colmap")
         os.makedirs(workspace)
