@@ -12,7 +12,7 @@ from bench.machine import machine_info
 from tools import REPO, BuildError, log
 from tools.env import ensure_setup
 from tools.sandbox import isolated_env
-from tools.shared_data import SHARED_DATA_ENV, shared_data_candidates, shared_data_dir
+from tools.shared_data import shared_data_dir, skipped_message
 
 SPEC = {
     "title": "calibrate: DTU scan 24 and the fox from their photographs alone",
@@ -65,8 +65,7 @@ def compare_poses(python, dataset, rig, env):
 def run(options):
     data_dir = shared_data_dir()
     if data_dir is None:
-        log("bench", "calibrate: skipped: the shared reference data is not here (looked in "
-            f"{', '.join(shared_data_candidates())}; set ${SHARED_DATA_ENV} to its folder)")
+        log("bench", skipped_message("calibrate"))
         return []
     python = ensure_setup(quiet=True)
     machine = machine_info()

@@ -15,7 +15,7 @@ from bench.machine import machine_info
 from tools import REPO, BuildError, log
 from tools.env import ensure_setup
 from tools.sandbox import isolated_env
-from tools.shared_data import SHARED_DATA_ENV, shared_data_candidates, shared_data_dir
+from tools.shared_data import shared_data_dir, skipped_message
 
 SPEC = {
     "title": "quality: reconstruction accuracy on synthetic meshes and DTU scan 24",
@@ -213,8 +213,7 @@ def run(options):
         raise BuildError(f"unknown quality scene(s) {', '.join(unknown)}; known: {', '.join(QUALITY_SCENES)}")
     data_dir = shared_data_dir()
     if data_dir is None:
-        log("bench", "quality: skipped: the shared reference data (meshes/, dtu_scan24/) is not here "
-            f"(looked in {', '.join(shared_data_candidates())}; set ${SHARED_DATA_ENV} to its folder)")
+        log("bench", skipped_message("quality", "the shared reference data (meshes/, dtu_scan24/)"))
         return []
     python = ensure_setup(quiet=True)
     machine = machine_info()

@@ -22,3 +22,9 @@ def shared_data_dir(needs=None):
         if os.path.isdir(path) and (needs is None or os.path.exists(os.path.join(path, needs))):
             return path
     return None
+
+
+def skipped_message(benchmark, what="the shared reference data"):
+    """What a benchmark says when it skips for want of the shared data."""
+    return (f"{benchmark}: skipped: {what} is not here (looked in {', '.join(shared_data_candidates())}; "
+            f"set ${SHARED_DATA_ENV} to its folder)")
