@@ -36,12 +36,16 @@ PINS = {
     "pycolmap": "4.2.1",    # calibration: COLMAP's SIFT, matching and mappers (engine.calibrate)
     "av": "18.1.0",         # PyAV: video frames for calibration (19.x has no wheel for Python 3.11)
     "pillow-heif": "1.8.1", # HEIC photographs from phones
+    "fast-simplification": "0.2.0",  # quadric decimation of the extracted surface (engine export)
+    "xatlas": "0.0.11",     # UV unwrapping for the baked texture (engine export)
+    "usd-core": "26.11",    # a dynamic job as one USD file of time-sampled meshes (engine export)
     "triton": "3.7.1",      # the GPU kernels' compiler (the version torch 2.13's CUDA build pins); on the CPU
                             # its interpreter runs the kernels for the tests (TRITON_INTERPRET=1)
 }
 # Pins installed only where the package has wheels (Triton: Linux).
 PLATFORM_PINS = {"triton": ("linux",)}
-IMPORT_NAMES = {"PyMCubes": "mcubes", "pillow": "PIL", "pillow-heif": "pillow_heif"}
+IMPORT_NAMES = {"PyMCubes": "mcubes", "pillow": "PIL", "pillow-heif": "pillow_heif",
+                "fast-simplification": "fast_simplification", "usd-core": "pxr"}
 TORCH_INDEX_ENV = "MARBLE_TORCH_INDEX"
 STAMP_FILE = "marble-setup.json"
 
