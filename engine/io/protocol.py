@@ -35,8 +35,14 @@ DONE = "done"            # outputs {"mesh": path}; dynamic: {"sequence": path, "
 CANCELLED = "cancelled"  # checkpoint (path or None), iteration; dynamic: frame
 EVENT_KINDS = (STARTED, STAGE, PROGRESS, PREVIEW, MESH, WARNING, ERROR, DONE, CANCELLED)
 FINAL_EVENTS = (DONE, ERROR, CANCELLED)
-STAGES = ("calibrate", "load", "train", "extract", "frame", "predict")
+STAGES = ("calibrate", "load", "train", "extract", "frame", "predict", "export")
 CALIBRATE_PHASES = ("read", "features", "matching", "mapping", "write")
+# `python -m engine export`: stage "export", progress events with phase (one of these), iteration/total
+# within it and fraction (0-1 over the export); done outputs {"export": path, "format", "vertices",
+# "faces", "texture" (the PNG, or None), "frame"}; a dynamic job's USD: {"export": path, "format": "usd",
+# "frames": N}.
+EXPORT_PHASES = ("extract", "decimate", "unwrap", "bake", "write")
+EXPORT_FORMATS = ("glb", "obj", "ply", "usd")
 
 # A line "cancel" on the engine's stdin asks it to stop (as SIGINT/SIGTERM do).
 CANCEL_LINE = "cancel"
@@ -59,6 +65,9 @@ SEQUENCE_FILE = "sequence.json"       # a dynamic job's frames, in MESHES_DIR
 FRAME_MESH_FILE = "frame_{:06d}.ply"  # a dynamic job's mesh of one frame, in MESHES_DIR
 LOG_FILE = "engine.log"  # stderr of the engine, kept by the add-on
 CURVES_FILE = "curves.png"  # loss and PSNR against iteration, redrawn at each checkpoint
+TEXTURED_MESH_STEM = "mesh_textured"  # in MESHES_DIR: mesh_textured.glb, or .obj + .mtl + .png, or .ply
+                                      # (decimated, vertex colours); a dynamic frame's frame_000123_textured.*
+USD_SEQUENCE_FILE = "sequence.usdc"  # a dynamic job's frames as one USD file of time-sampled meshes
 DATASET_DIR = "dataset"  # in a job trained from photographs: the calibrated dataset (`calibrate`'s --out)
 
 # A calibrated dataset (`python -m engine calibrate --out DATASET`).
