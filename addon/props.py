@@ -13,9 +13,13 @@ def enum_items(choices):
 
 DEFAULT_ITEM = ('default', "Default", "The default chosen in Preferences > Add-ons > Marble")
 RESOLUTION_MIN, RESOLUTION_MAX = config.RANGES["mesh.resolution"]
+# The textured mesh's settings (`python -m engine export --faces N --texture PX`), within the engine's ranges.
+FACES_LEAST, FACES_MOST = config.RANGES.get("export.faces", (0, 10 ** 7))
+TEXTURE_SIZES = {str(px): (f"{px} px", f"The baked colour texture is {px} x {px} pixels")
+                 for px in (512, 1024, 2048, 4096)}
 JOB_STATES = {
     'idle': ("Idle", "No job has run in this session"),
-    'running': ("Running", "The engine is training or calibrating"),
+    'running': ("Running", "The engine is training, calibrating or exporting"),
     'cancelling': ("Cancelling", "Asked the engine to stop (a training job saves a checkpoint first)"),
     'cancelled': ("Cancelled", "The engine stopped on request"),
     'failed': ("Failed", "The engine stopped with an error"),
@@ -24,6 +28,7 @@ JOB_STATES = {
 JOB_KINDS = {
     'train': ("Training", "Reconstructs a mesh from the scene's rig (Train)"),
     'calibrate': ("Calibration", "Calibrates cameras from photographs or a video (File > Import > Photos)"),
+    'export': ("Export", "Exports a finished job's textured mesh or USD sequence (Results)"),
 }
 
 
@@ -56,6 +61,12 @@ class MarbleSceneSettings(bpy.types.PropertyGroup):
         description="Where the engine writes its job; once a job used it, each new job gets a fresh "
                     "sub-folder in it (empty: a new folder in the job folder of the preferences)",
         subtype='DIR_PATH')
+    export_faces: bpy.props.IntProperty(
+        name="Faces", description="The textured mesh is decimated to about this many faces",
+        default=50000, min=max(100, FACES_LEAST), max=FACES_MOST, soft_max=1000000)
+    export_texture: bpy.props.EnumProperty(
+        name="Texture Size", items=enum_items(TEXTURE_SIZES), default='2048',
+        description="Width and height in pixels of the texture the mesh's colours are baked into")
     last_job: bpy.props.StringProperty(
         name="Last Job", subtype='DIR_PATH',
         description="The job folder of this scene's last training run (saved with the file, so its state "
@@ -89,6 +100,8 @@ class MarbleJobState(bpy.types.PropertyGroup):
     job_dir: bpy.props.StringProperty(name="Job Folder", subtype='DIR_PATH')
     mesh_path: bpy.props.StringProperty(name="Mesh", subtype='FILE_PATH')
     device: bpy.props.StringProperty(name="Device", description="Device and backend the engine reported")
+    export_path: bpy.props.StringProperty(name="Export", subtype='FILE_PATH',
+                                          description="The file the last export wrote")
     resumable: bpy.props.BoolProperty(name="Resumable",
                                       description="The stopped job has a checkpoint to go on from")
 

@@ -16,15 +16,19 @@ from tools.sandbox import isolated_env
 
 SPEC = {
     "title": "demo: the embedded default through the add-on",
-    "columns": ["date", "cpu", "cores", "gpu", "device", "backend", "preset", "iterations", "views",
-                "train s", "wall s", "chamfer"],
-    "key": ["cpu", "cores", "gpu", "device", "backend", "preset", "iterations", "views"],
+    "columns": ["date", "cpu", "cores", "gpu", "device", "backend", "scene", "preset", "iterations", "views",
+                "train s", "export s", "wall s", "chamfer"],
+    "key": ["cpu", "cores", "gpu", "device", "backend", "scene", "preset", "iterations", "views"],
 }
+SCENES = ("monkey", "torus")    # demo.run's --scene choices (the first is its default)
 
 
 def run(options):
     python = ensure_setup()
     command = [python, "-m", "demo.run"]
+    scenes = [name for name in (getattr(options, "scenes", None) or []) if name in SCENES]
+    if scenes:
+        command += ["--scene", scenes[0]]
     if options.iterations:
         command += ["--iterations", str(options.iterations)]
     folder = tempfile.mkdtemp(prefix="marble-bench-")
@@ -60,9 +64,11 @@ def run(options):
         "date": today(),
         "cpu": machine["cpu"], "cores": str(machine["cores"]), "gpu": machine["gpu"] or "-",
         "device": details.get("device", "?"), "backend": details.get("backend", "?"),
+        "scene": details.get("scene", scenes[0] if scenes else SCENES[0]),
         "preset": details.get("preset", "cpu"), "iterations": str(details.get("iterations", "?")),
         "views": str(details.get("views", "?")),
         "train s": f"{timings['train']:.1f}" if "train" in timings else "?",
+        "export s": f"{timings['export']:.1f}" if "export" in timings else "-",
         "wall s": f"{wall:.1f}",
         "chamfer": f"{float(match.group(1)):.4f}",
     }

@@ -1,131 +1,110 @@
-"""sequence: importing a long mesh sequence into Blender (`python3 build.py bench sequence`, also run
-by `bench dynamic`).
+"""sequence: a long mesh sequence in Blender, as one object per frame and as one USD-streaming object
+(`python3 build.py bench sequence`, also run by `bench dynamic`).
 
-The measurement, `python -m bench.sequence [--frames 300] [--vertices 50000]`, runs in the .venv: it
-writes a sequence like a dynamic job's (JOB/meshes/sequence.json and one binary PLY with vertex
-colours per frame; a torus that ripples and turns, so every file is different), installs the
-extension into a sandboxed Blender (the bpy module) and times marble.import_sequence on an empty
-scene. Checks that one object is visible at sampled frames. Prints one line `RESULT {json}`.
+`python -m bench.sequence_data` (the .venv) writes 300 frames of a 50,000-vertex rippling, turning torus
+as a dynamic job does (PLYs + sequence.json) and, from them, the USD sequence (engine.export.usd); then
+`python -m bench.sequence_blender` imports each form into a fresh sandboxed Blender (the .venv's bpy and
+every demo/out/venv-bpy*/bin/python there is, e.g. bpy 4.2 and 4.5; MARBLE_BENCH_BLENDERS=PY,... names
+others, "" only the .venv's) and measures it. One row per machine, Blender and form.
 """
-import argparse
-import json
-import math
+import glob
 import os
 import shutil
 import sys
 import tempfile
-import time
 
-from bench.harness import fmt, sandboxed_result, today
+from bench.harness import OUT, fmt, sandboxed_result, today
 from bench.machine import machine_info
+from bench.sequence_data import torus_grid  # noqa: F401 (the dynamic benchmark's tests use it)
+from tools import REPO, log
 from tools.env import ensure_setup
 
 SPEC = {
-    "title": "sequence: importing a long mesh sequence into Blender",
-    "columns": ["date", "cpu", "cores", "blender", "frames", "vertices", "faces", "MiB", "import s"],
-    "key": ["cpu", "cores", "blender", "frames", "vertices"],
+    "title": "sequence: a long mesh sequence in Blender, per-frame objects and a streamed USD",
+    "columns": ["date", "cpu", "cores", "blender", "form", "frames", "vertices", "faces", "MiB", "write s",
+                "import s", ".blend MiB", "RSS MiB", "RSS all frames MiB", "anon all frames MiB", "scrub s/frame",
+                "frames ok"],
+    "key": ["cpu", "cores", "blender", "form", "frames", "vertices"],
 }
+FRAMES, VERTICES = 300, 50000
+FORMS = ("perframe", "usd")
+
+
+def blender_pythons(python):
+    """The Pythons whose bpy the benchmark runs: the .venv's, then MARBLE_BENCH_BLENDERS (comma-separated
+    interpreters) when set, else every demo/out/venv-bpy*/bin/python."""
+    listed = os.environ.get("MARBLE_BENCH_BLENDERS")
+    if listed is not None:
+        extra = [p.strip() for p in listed.split(",") if p.strip()]
+    else:
+        extra = sorted(glob.glob(os.path.join(OUT, "venv-bpy*", "bin", "python")))
+    return [python] + [p for p in extra if os.path.abspath(p) != os.path.abspath(python)]
+
+
+def write_data(python, folder, frames=FRAMES, vertices=VERTICES, small=False):
+    """`python -m bench.sequence_data` into `folder`; its RESULT."""
+    options = ["--small"] if small else ["--frames", str(frames), "--vertices", str(vertices)]
+    return sandboxed_result("sequence-data", lambda _: [python, "-m", "bench.sequence_data", folder, *options])
+
+
+def measure(python, folder, form, scrub=30):
+    """`python -m bench.sequence_blender` of one form in the Blender of `python`; its RESULT."""
+    return sandboxed_result(f"sequence-{form}", lambda _: [python, "-m", "bench.sequence_blender", folder,
+                                                           "--form", form, "--scrub", str(scrub)])
+
+
+def row(machine, data, result):
+    form = result["form"]
+    usd = form == "usd"
+    return {
+        "date": today(), "cpu": machine["cpu"], "cores": str(machine["cores"]), "blender": result["blender"],
+        "form": "USD cache" if usd else "object per frame", "frames": str(data["frames"]),
+        "vertices": str(data["vertices"]), "faces": str(data["faces"]),
+        "MiB": fmt(data["usd_mib"] if usd else data["ply_mib"], 0),
+        "write s": fmt(data["usd_s"] if usd else data["ply_s"], 1), "import s": fmt(result["import_s"], 2),
+        ".blend MiB": fmt(result["blend_mib"], 1), "RSS MiB": fmt(result["import_rss_mib"], 0),
+        "RSS all frames MiB": fmt(result["every_rss_mib"], 0),
+        "anon all frames MiB": fmt(result.get("every_anon_mib"), 0), "scrub s/frame": fmt(result["scrub_s"], 4),
+        "frames ok": f"{result['frames_right']}/{result['frames_checked']}",
+    }
 
 
 def run(options):
     python = ensure_setup()
-    result = sandboxed_result("sequence", lambda folder: [python, "-m", "bench.sequence"])
     machine = machine_info()
-    return {
-        "date": today(), "cpu": machine["cpu"], "cores": str(machine["cores"]),
-        "blender": result["blender"], "frames": str(result["frames"]), "vertices": str(result["vertices"]),
-        "faces": str(result["faces"]), "MiB": fmt(result["mib"], 0), "import s": fmt(result["import_s"], 2),
-    }
-
-
-# ---------------------------------------------------------------------------------------------------
-# in the .venv: numpy, the engine's file formats and bpy
-
-def torus_grid(vertices):
-    """(u, v) of demo.scene's torus grid with about `vertices` vertices, and its triangles (closed, no
-    seams)."""
-    from demo.geometry import torus_parameters, torus_triangles
-    rings = max(3, int(round(math.sqrt(vertices / 2.0))))
-    segments = max(3, vertices // rings)
-    u, v, quads = torus_parameters(segments, rings)
-    return u, v, torus_triangles(quads)
-
-
-def write_sequence(folder, frames, vertices):
-    """One PLY per frame (a rippling torus, turned a little per frame) and sequence.json in world
-    coordinates; returns (sequence.json path, vertex count, face count, bytes written)."""
-    import numpy as np
-    from engine.io import protocol
-    from engine.io.ply import write_ply
-
-    os.makedirs(folder, exist_ok=True)
-    u, v, faces = torus_grid(vertices)
-    colors = (np.stack([np.sin(3 * u), np.cos(2 * v), np.sin(u + v)], -1) * 0.4 + 0.5) * 255
-    entries, size = [], 0
-    for frame in range(frames):
-        minor = 0.25 + 0.03 * np.sin(6 * u + 0.3 * frame)
-        points = np.stack([(0.6 + minor * np.cos(v)) * np.cos(u), (0.6 + minor * np.cos(v)) * np.sin(u),
-                           minor * np.sin(v)], -1)
-        angle = 0.02 * frame
-        turn = np.array([[math.cos(angle), -math.sin(angle), 0], [math.sin(angle), math.cos(angle), 0], [0, 0, 1]])
-        name = protocol.FRAME_MESH_FILE.format(frame)
-        path = os.path.join(folder, name)
-        write_ply(path, points @ turn.T, faces, colors.astype(np.uint8))
-        size += os.path.getsize(path)
-        matrix = np.eye(4)
-        matrix[:3, :3] = turn
-        entries.append({"frame": frame + 1, "mesh": name, "world_from_canonical": matrix.tolist(), "seconds": 1.0})
-    path = os.path.join(folder, protocol.SEQUENCE_FILE)
-    with open(path, "w", encoding="utf-8") as f:
-        json.dump({"coordinates": "world", "frames": entries}, f)
-    return path, len(u), len(faces), size
-
-
-def measure(args, folder):
-    import bpy
-    from demo.run import install, say
-
-    started = time.perf_counter()
-    sequence, vertices, faces, size = write_sequence(os.path.join(folder, "meshes"), args.frames, args.vertices)
-    say(f"wrote {args.frames} meshes of {vertices} vertices ({size / 2 ** 20:.0f} MiB) in "
-        f"{time.perf_counter() - started:.1f} s")
-    install(bpy)
-    bpy.ops.wm.read_homefile(use_empty=True)
-    started = time.perf_counter()
-    if bpy.ops.marble.import_sequence(filepath=sequence) != {"FINISHED"}:
-        raise RuntimeError("marble.import_sequence failed")
-    seconds = time.perf_counter() - started
-    scene = bpy.context.scene
-    objects = [o for o in scene.objects if o.type == 'MESH']
-    if len(objects) != args.frames:
-        raise RuntimeError(f"{len(objects)} objects for {args.frames} frames")
-    for frame in sorted({1, args.frames // 2, args.frames}):
-        scene.frame_set(frame)
-        shown = [o for o in objects if not o.hide_viewport and not o.hide_render]
-        if len(shown) != 1:
-            raise RuntimeError(f"{len(shown)} objects visible at frame {frame}")
-    return {"blender": bpy.app.version_string, "frames": args.frames, "vertices": vertices, "faces": faces,
-            "mib": size / 2 ** 20, "import_s": seconds}
+    folder = tempfile.mkdtemp(prefix="sequence-bench-", dir=OUT)
+    rows = []
+    try:
+        data = write_data(python, folder)
+        log("bench", f"sequence: {data['frames']} frames of {data['vertices']} vertices: PLYs {data['ply_mib']:.0f} "
+            f"MiB in {data['ply_s']:.1f} s, USD {data['usd_mib']:.0f} MiB in {data['usd_s']:.1f} s "
+            f"(writer's peak RSS {data['peak_rss_mib'] or 0:.0f} MiB)")
+        for blender in blender_pythons(python):
+            for form in FORMS:
+                try:
+                    result = measure(blender, folder, form)
+                except Exception as exc:  # one Blender failing leaves the others' rows
+                    log("bench", f"sequence: {blender} {form} failed: {exc}")
+                    getattr(options, "failed", []).append(f"{os.path.relpath(blender, REPO)} {form}")
+                    continue
+                if result["problem"]:
+                    log("bench", f"sequence: {result['blender']} {form}: {result['problem']}")
+                rows.append(row(machine, data, result))
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+    return rows
 
 
 def main(argv=None):
-    from demo.run import say
-    from tools.sandbox import enter_sandbox
+    """`python -m bench.sequence`: the rows, printed (docs/benchmarks.md untouched)."""
+    import argparse
+    import json
 
-    parser = argparse.ArgumentParser(prog="python -m bench.sequence", description=__doc__.split("\n\n")[1])
-    parser.add_argument("--frames", type=int, default=300)
-    parser.add_argument("--vertices", type=int, default=50000)
-    args = parser.parse_args(argv)
-    folder = tempfile.mkdtemp(prefix="marble-sequence-bench-")
-    sandbox = enter_sandbox("marble-sequence-bench-")  # before bpy is imported
-    try:
-        result = measure(args, folder)
-    finally:
-        for path in filter(None, (folder, sandbox)):
-            shutil.rmtree(path, ignore_errors=True)
-    say(f"imported {result['frames']} frames of {result['vertices']} vertices in {result['import_s']:.2f} s")
-    print("RESULT " + json.dumps(result), flush=True)
-    return 0
+    argparse.ArgumentParser(prog="python -m bench.sequence", description=__doc__.split("\n\n")[0]).parse_args(argv)
+    options = argparse.Namespace(failed=[])
+    for result in run(options):
+        print(json.dumps(result))
+    return 1 if options.failed else 0
 
 
 if __name__ == "__main__":

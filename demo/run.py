@@ -1,15 +1,22 @@
 """The embedded default, end to end through the add-on, headless (`python3 build.py demo`).
 
-    python -m demo.run [--iterations N] [--views 40] [--size 160] [--samples 16] [--timeout S]
+    python -m demo.run [--scene monkey|torus] [--iterations N] [--views 40] [--size 160] [--samples 16]
+                       [--texture 512] [--timeout S]
 
-1. render the torus dataset with Cycles (demo.scene) into demo/out/data;
+1. render the dataset with Cycles into demo/out/data: by default Blender's monkey, smoothed, closed and
+   painted (demo.monkey); `--scene torus` the textured torus (demo.scene);
 2. build the extension zip (tools.extension) and install it into the (temporary) Blender user
    folder, enabled, as a user would from Preferences > Get Extensions > Install from Disk;
 3. on an empty file: marble.import_rig, the `cpu` preset, marble.train, then call the add-on's
    job tick until the engine is done (the bpy module runs no timers), which imports the mesh;
-4. save demo/demo.blend (rig cameras and mesh), render demo/demo.png (the mesh among the cameras);
-5. print the Chamfer distance between the imported mesh and the true surface, as a fraction of the
-   true bounding-box diagonal: the last line is `chamfer: X`.
+4. Results > Export Textured Mesh (when the add-on has it; `--texture 0` skips it): the engine
+   decimates the mesh to 40,000 faces and bakes its colours into a 512 px texture, the add-on imports
+   it as "<rig> textured"; save demo/demo.blend (rig cameras, mesh, textured mesh);
+5. measure the Chamfer distance between the imported mesh and the true surface, as a fraction of the
+   true bounding-box diagonal;
+6. render demo/demo.png (demo.picture): the reconstruction (the textured one when there is one) large
+   beside the input photograph taken from the same camera, and the whole rig small; the last line
+   printed is `chamfer: X` (the full-resolution mesh's; the textured one's is in result.json).
 
 Scratch files go to demo/out/ (git-ignored); a summary is written to demo/out/result.json.
 Run it with build.py's .venv interpreter from the repository root. When BLENDER_USER_RESOURCES is
@@ -19,7 +26,6 @@ are pointed into a temporary folder first, so the demo never touches the real Bl
 import argparse
 import importlib
 import json
-import math
 import os
 import shutil
 import signal
@@ -38,8 +44,10 @@ DEMO_DIR = os.path.join(REPO, "demo")
 OUT_DIR = os.path.join(DEMO_DIR, "out")
 BLEND_PATH = os.path.join(DEMO_DIR, "demo.blend")
 PNG_PATH = os.path.join(DEMO_DIR, "demo.png")
-RENDER_ONLY_COLLECTION = "demo render only"
 DEMO_ITERATIONS = 400
+SCENES = ("monkey", "torus")
+TEXTURED_FACES = 40000
+TEXTURE_SIZE = 512
 
 
 def say(message):
@@ -52,13 +60,16 @@ class DemoError(RuntimeError):
 
 def main(argv=None):
     parser = argparse.ArgumentParser(prog="python -m demo.run", description=__doc__.split("\n\n")[0])
-    # 400 steps keep the demo within 5 minutes on 2 cores (the torus fills the frame, so each step
-    # costs more than on the quality benchmark's meshes); 0 takes the cpu preset's own count.
+    parser.add_argument("--scene", choices=SCENES, default=SCENES[0],
+                        help="what to photograph and reconstruct (default monkey)")
+    # 400 steps keep the demo within 5 minutes on 2 cores; 0 takes the cpu preset's own count.
     parser.add_argument("--iterations", type=int, default=DEMO_ITERATIONS,
                         help=f"training iterations (default {DEMO_ITERATIONS}; 0: the cpu preset's own)")
     parser.add_argument("--views", type=int, default=40, help="cameras in the dataset (default 40)")
     parser.add_argument("--size", type=int, default=160, help="image size in pixels (default 160)")
     parser.add_argument("--samples", type=int, default=16, help="Cycles samples per view (default 16)")
+    parser.add_argument("--texture", type=int, default=TEXTURE_SIZE, choices=(0, 512, 1024, 2048, 4096),
+                        help=f"the textured export's texture size (default {TEXTURE_SIZE}; 0: no textured export)")
     parser.add_argument("--timeout", type=float, default=1800.0,
                         help="cancel training after this many seconds (default 1800)")
     args = parser.parse_args(argv)
@@ -77,19 +88,27 @@ def main(argv=None):
             shutil.rmtree(sandbox, ignore_errors=True)
 
 
+def render_data(args, data_dir):
+    """The dataset of `args.scene` in `data_dir`: demo.scene.render_dataset's dict."""
+    from demo import monkey, scene as demo_scene
+    say(f"rendering {args.views} views of the {args.scene} at {args.size}x{args.size} px, {args.samples} "
+        f"samples (Cycles, CPU) into {os.path.relpath(data_dir, REPO)}")
+    render = monkey.render_monkey_dataset if args.scene == "monkey" else demo_scene.render_dataset
+    return render(data_dir, views=args.views, size=(args.size, args.size), samples=args.samples)
+
+
 def run(args):
     started = time.perf_counter()
     timings = {}
 
     import bpy
-    from demo import scene as demo_scene
+    import numpy as np
+    from demo import picture, scene as demo_scene
+    from engine.io.rig import load_rig
 
     # 1. The dataset.
     data_dir = os.path.join(OUT_DIR, "data")
-    say(f"rendering {args.views} views of the torus at {args.size}x{args.size} px, {args.samples} samples "
-        f"(Cycles, CPU) into {os.path.relpath(data_dir, REPO)}")
-    dataset = demo_scene.render_dataset(data_dir, views=args.views, size=(args.size, args.size),
-                                        samples=args.samples)
+    dataset = render_data(args, data_dir)
     timings["render"] = dataset["seconds"]
     say(f"rendered in {dataset['seconds']:.1f} s")
 
@@ -130,36 +149,71 @@ def run(args):
     if not meshes:
         raise DemoError(f"the job is done but no mesh object was added (mesh file: {state.mesh_path})")
     mesh_obj = max(meshes, key=lambda o: len(o.data.vertices))
+    mesh_path = state.mesh_path  # the export's job state replaces it
     say(f"done in {timings['train']:.0f} s: '{mesh_obj.name}' with {len(mesh_obj.data.vertices)} vertices "
         f"({state.device or 'device unknown'})")
 
-    # 4. The .blend and the picture.
+    # 4. The textured mesh (Results > Export Textured Mesh), then the .blend.
+    mark = time.perf_counter()
+    textured = export_textured(bpy, jobs, state, settings, args.texture, args.timeout) if args.texture else []
+    if textured:
+        timings["export"] = time.perf_counter() - mark
+        say(f"textured in {timings['export']:.0f} s: '{textured[0].name}' with "
+            f"{sum(len(o.data.polygons) for o in textured)} faces")
     if cameras:
         scene.camera = cameras[0]
     bpy.context.preferences.filepaths.save_version = 0  # no demo.blend1 (the sandbox's preferences)
     bpy.ops.wm.save_as_mainfile(filepath=BLEND_PATH, check_existing=False)
     say(f"saved {os.path.relpath(BLEND_PATH, REPO)}")
-    mark = time.perf_counter()
-    render_overview(bpy, demo_scene, scene, cameras, PNG_PATH)
-    timings["picture"] = time.perf_counter() - mark
-    say(f"rendered {os.path.relpath(PNG_PATH, REPO)}")
 
     # 5. Chamfer distance to the truth.
     from engine.metrics import chamfer
     pred_vertices, pred_faces = demo_scene.evaluated_triangles(scene, mesh_obj)
     value = float(chamfer(pred_vertices, pred_faces, dataset["vertices"], dataset["faces"]))
-    timings["total"] = time.perf_counter() - started
+    textured_value = None
+    if textured:
+        parts = [demo_scene.evaluated_triangles(scene, o) for o in textured]
+        offsets = np.cumsum([0] + [len(v) for v, _ in parts])[:-1]
+        textured_value = float(chamfer(np.concatenate([v for v, _ in parts]),
+                                       np.concatenate([f + o for (_, f), o in zip(parts, offsets)]),
+                                       dataset["vertices"], dataset["faces"]))
 
+    # 6. The picture.
     engine_info = started_event(job_dir)
     config = engine_info.get("config") or {}
+    iterations = (config.get("train") or {}).get("iterations", args.iterations or None)
+    mark = time.perf_counter()
+    views = load_rig(dataset["transforms"]).views
+    shown = textured or [mesh_obj]
+    what = (f"textured, {sum(len(o.data.polygons) for o in textured) / 1000.0:.0f}k faces, "
+            f"{settings.export_texture} px" if textured else "vertex colours")
+    labels = ("input photograph {index} of {count}, " + f"{args.size} px",
+              f"Marble, cpu preset: {iterations} steps in {timings['train']:.0f} s ({what}); "
+              f"Chamfer {100.0 * (textured_value if textured else value):.2f}% of the size",
+              f"the rig: {len(cameras)} cameras")
+    hidden = [o for o in meshes + textured if o not in shown and not o.hide_render]
+    for obj in hidden:  # the picture shows one reconstruction: the textured one when there is one
+        obj.hide_render = True
+    try:
+        photo = picture.make_picture(bpy, demo_scene, scene, views, cameras, dataset["vertices"], PNG_PATH,
+                                     labels, os.path.join(OUT_DIR, "picture"))
+    finally:
+        for obj in hidden:
+            obj.hide_render = False
+    timings["picture"] = time.perf_counter() - mark
+    say(f"rendered {os.path.relpath(PNG_PATH, REPO)} (beside photograph {photo + 1})")
+    timings["total"] = time.perf_counter() - started
+
     summary = {
-        "chamfer": value, "timings": {k: round(v, 2) for k, v in timings.items()},
+        "scene": args.scene, "chamfer": value, "timings": {k: round(v, 2) for k, v in timings.items()},
         "views": args.views, "size": args.size, "samples": args.samples,
-        "preset": config.get("preset", "cpu"),
-        "iterations": (config.get("train") or {}).get("iterations", args.iterations or None),
+        "preset": config.get("preset", "cpu"), "iterations": iterations,
         "device": engine_info.get("device"), "backend": engine_info.get("backend"),
-        "job_dir": job_dir, "mesh": state.mesh_path,
+        "job_dir": job_dir, "mesh": mesh_path,
         "mesh_vertices": len(pred_vertices), "mesh_triangles": len(pred_faces),
+        "textured": textured[0].name if textured else None, "textured_chamfer": textured_value,
+        "textured_faces": sum(len(o.data.polygons) for o in textured) if textured else None,
+        "texture": int(settings.export_texture) if textured else None,
         "blend": BLEND_PATH, "png": PNG_PATH,
     }
     with open(os.path.join(OUT_DIR, "result.json"), "w", encoding="utf-8") as f:
@@ -167,6 +221,29 @@ def run(args):
     say("times: " + ", ".join(f"{k} {v:.1f} s" for k, v in timings.items()))
     print(f"chamfer: {value:.4f}", flush=True)
     return 0
+
+
+def export_textured(bpy, jobs, state, settings, texture, timeout):
+    """Results > Export Textured Mesh, as a user would press it (the engine decimates the job's mesh to
+    TEXTURED_FACES faces and bakes its colours into a `texture` pixels square image; the add-on imports
+    the glb as "<rig> textured"): the textured object(s), or [] when this add-on has no such operator."""
+    if not hasattr(bpy.types, "MARBLE_OT_export_textured"):
+        say("this add-on has no Export Textured Mesh: the picture shows the vertex-coloured mesh")
+        return []
+    settings.export_faces = TEXTURED_FACES
+    settings.export_texture = str(texture)
+    before = set(bpy.data.objects)
+    say(f"exporting the textured mesh ({TEXTURED_FACES} faces, {texture} px texture)")
+    result = bpy.ops.marble.export_textured()
+    if result != {"FINISHED"}:
+        raise DemoError(f"marble.export_textured returned {result}: {state.message}")
+    follow(bpy, jobs, state, timeout)
+    if state.state != "done":
+        raise DemoError(f"the export ended '{state.state}': {state.message}")
+    made = [o for o in bpy.data.objects if o not in before and o.type == "MESH"]
+    if not made:
+        raise DemoError("the export is done but no textured mesh object was added")
+    return made
 
 
 def install(bpy):
@@ -245,86 +322,6 @@ def started_event(job_dir):
     except OSError:
         return {}
     return next((e for e in events if e.get("event") == protocol.STARTED), {})
-
-
-# ---------------------------------------------------------------------------------------------------
-# The overview picture: Cycles on the CPU (the bpy module has no GPU context for Workbench or EEVEE).
-# Cameras do not render, so each rig camera is drawn as a thin frustum (a curve with a bevel) in a
-# render-only collection added after demo.blend was saved.
-
-def render_overview(bpy, demo_scene, scene, cameras, path, size=(960, 720), samples=32):
-    from mathutils import Matrix, Vector
-
-    collection = bpy.data.collections.new(RENDER_ONLY_COLLECTION)
-    scene.collection.children.link(collection)
-
-    width, height = scene.render.resolution_x, scene.render.resolution_y
-    curve = bpy.data.curves.new("camera frusta", "CURVE")
-    curve.dimensions = "3D"
-    curve.bevel_depth = 0.008
-    curve.bevel_resolution = 1
-    for cam in cameras:
-        K = demo_scene.camera_intrinsics(cam.data, width, height)
-        depth = 0.45
-        corners_px = [(0, 0), (width, 0), (width, height), (0, height)]
-        # OpenCV-axed corner directions -> Blender camera axes (y up, looking down -Z).
-        local = [Vector(((u - K[0, 2]) / K[0, 0] * depth, -(v - K[1, 2]) / K[1, 1] * depth, -depth))
-                 for u, v in corners_px]
-        world = [cam.matrix_world @ p for p in local]
-        apex = cam.matrix_world.translation
-        strokes = [[apex, c] for c in world] + [world + [world[0]]]
-        for stroke in strokes:
-            spline = curve.splines.new("POLY")
-            spline.points.add(len(stroke) - 1)
-            for point, co in zip(spline.points, stroke):
-                point.co = (co.x, co.y, co.z, 1.0)
-    frusta = bpy.data.objects.new("camera frusta", curve)
-    frusta.data.materials.append(_emission_material(bpy, demo_scene, "demo frustum", (1.0, 0.42, 0.08)))
-    collection.objects.link(frusta)
-
-    eye = Vector((4.4, -5.1, 3.1))
-    camera_data = bpy.data.cameras.new("demo overview")
-    camera_data.lens, camera_data.sensor_width = 30.0, 36.0
-    camera_data.sensor_fit = "HORIZONTAL"
-    overview = bpy.data.objects.new("demo overview", camera_data)
-    overview.matrix_world = Matrix([list(map(float, row)) for row in demo_scene.look_at(eye, (0, 0, -0.3))])
-    collection.objects.link(overview)
-
-    sun_data = bpy.data.lights.new("demo sun", "SUN")
-    sun_data.energy, sun_data.angle = 3.0, math.radians(20.0)
-    sun = bpy.data.objects.new("demo sun", sun_data)
-    sun.rotation_euler = (math.radians(40.0), 0.0, math.radians(20.0))
-    collection.objects.link(sun)
-
-    world = demo_scene.uniform_world(bpy, "demo world", (0.32, 0.34, 0.38))
-
-    saved = (scene.camera, scene.world)
-    render = scene.render
-    scene.camera, scene.world = overview, world
-    render.engine = "CYCLES"
-    render.resolution_x, render.resolution_y, render.resolution_percentage = size[0], size[1], 100
-    render.film_transparent = False
-    render.use_persistent_data = False
-    render.image_settings.file_format, render.image_settings.color_mode = "PNG", "RGB"
-    scene.cycles.device = "CPU"
-    scene.cycles.samples = samples
-    scene.cycles.use_denoising = False
-    scene.view_settings.view_transform = "Standard"
-    try:
-        demo_scene.render_still(scene, path)
-    finally:
-        scene.camera, scene.world = saved
-        render.resolution_x, render.resolution_y = width, height
-
-
-def _emission_material(bpy, demo_scene, name, colour):
-    material, nodes, links = demo_scene.new_material(bpy, name)
-    emission = nodes.new("ShaderNodeEmission")
-    emission.inputs["Color"].default_value = (*colour, 1.0)
-    emission.inputs["Strength"].default_value = 1.5
-    output = nodes.new("ShaderNodeOutputMaterial")
-    links.new(emission.outputs["Emission"], output.inputs["Surface"])
-    return material
 
 
 if __name__ == "__main__":

@@ -338,6 +338,14 @@ def render_mesh_dataset(mesh_path, out_dir, views=MESH_VIEWS, size=MESH_SIZE, sa
     return result
 
 
+def render_subject(subject, out_dir, views, size, samples, elevation_range_deg, keep_scene=False,
+                   verbose=False, verbose_blender=False):
+    """Render any subject builder (`subject(bpy, scene)` -> (object, [ids], info dict), like
+    torus_subject) as render_dataset renders the torus; the dict also holds `info` and `size`."""
+    return _render(out_dir, views, size, samples, keep_scene, verbose, verbose_blender, subject,
+                   elevation_range_deg)
+
+
 def _render(out_dir, views, size, samples, keep_scene, verbose, verbose_blender, subject,
             elevation_range_deg):
     import bpy

@@ -1,5 +1,6 @@
 """`python -m engine`: train a job (from a rig, or from photographs it calibrates first); calibrate
-photographs into a dataset; re-extract, evaluate or redraw the curves of a job; print a preset; doctor.
+photographs into a dataset; re-extract, export, evaluate or redraw the curves of a job; print a preset;
+doctor.
 
 Only the standard library is imported up front (engine.config is plain data): `doctor` must run in a
 Python without torch or numpy, and `train` there must still print an error event saying what is missing.
@@ -37,6 +38,7 @@ NEGATIVE_NUMBER = re.compile(r"^-(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?$|^-(inf|nan)$"
 
 
 def parse_args(argv):
+    from .export.command import add_export_parser, add_train_flags
     presets = tuple(PRESETS)
     parser = Parser(prog="python -m engine", description="Marble's reconstruction engine.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -79,6 +81,7 @@ def parse_args(argv):
                        help="override one field of the preset, e.g. render.sampler=hierarchical, "
                             "train.gradient=analytic, train.mixed_precision=off (repeatable; "
                             "`python -m engine preset NAME` lists the fields)")
+    add_train_flags(train)
     add_calibrate_parser(sub)
     show = sub.add_parser("preset", help="print a preset's full configuration as JSON")
     show.add_argument("name", choices=presets)
@@ -87,6 +90,7 @@ def parse_args(argv):
     extract.add_argument("--resolution", type=int)
     extract.add_argument("--largest-component", action="store_true",
                          help="keep only the largest connected piece of the mesh")
+    add_export_parser(sub)
     evaluate = sub.add_parser("evaluate", help="render a job's held-out views and report PSNR and mask IoU")
     evaluate.add_argument("job", help="job directory")
     evaluate.add_argument("--downscale", type=int, help="render at 1/N size (default: the training size)")
@@ -166,6 +170,7 @@ def calibrate_into_job(args, out, cancel):
 
 def resolve_config(args):
     from .config import preset
+    from .export.command import apply_train_flags
     from .jobdir import read_config
     saved = os.path.join(args.out, protocol.CONFIG_FILE)
     if args.resume and os.path.exists(saved):
@@ -194,6 +199,7 @@ def resolve_config(args):
         cfg.set(f"dynamic.frames={args.frames}")
     if args.canonical:
         cfg.dynamic.coordinates = "canonical"
+    apply_train_flags(args, cfg)
     for assignment in args.set:
         cfg.set(assignment)
     cfg.device = args.device
@@ -251,6 +257,9 @@ def run_train(args, out):
         out.emit(protocol.STARTED, **session.started_fields())
         out.log(f"training {rig.path} ({len(rig.views)} views) with preset {cfg.preset} on {session.device}, "
                 f"{cfg.train.iterations} iterations, into {os.path.abspath(args.out)}")
+        if session.dynamic and cfg.export.faces:
+            out.warn("--export-faces exports static jobs when they end; export a dynamic job's frames later with "
+                     "`python -m engine export JOB --frame F` or `--format usd`")
         kind = SequenceTrainer if session.dynamic else Trainer
         outputs = kind(session, out, cancel.requested).run(resume=args.resume)
     except Cancelled:
@@ -309,6 +318,37 @@ def run_extract(args, out):
     return protocol.EXIT_OK
 
 
+def run_export(args, out):
+    """`export JOB`: the job's mesh decimated with a baked texture (engine.export.run)."""
+    from .export.run import ExportCancelled, ExportOptions, export_dynamic, export_static, job_is_dynamic
+    options = ExportOptions(faces=args.faces, texture=args.texture, format=args.format, frame=args.frame,
+                            resolution=args.resolution, largest_component=args.largest_component).checked()
+    if not os.path.isfile(os.path.join(args.job, protocol.CONFIG_FILE)):
+        raise InputError(f"{args.job}: not a job directory (no {protocol.CONFIG_FILE})")
+    cancel = CancelWatch()
+
+    def check():
+        if cancel.requested.is_set():
+            raise ExportCancelled()
+
+    try:
+        if job_is_dynamic(args.job):
+            outputs = export_dynamic(args.job, out, options, check)
+        else:
+            if options.frame is not None or options.format == "usd":
+                what = "--frame" if options.frame is not None else "--format usd"
+                raise InputError(f"{args.job}: a static job has one mesh; {what} is for dynamic jobs")
+            outputs = export_static(load_job(args.job, out), out, options, check)
+    except ExportCancelled:
+        out.log("export cancelled; nothing was written")
+        out.emit(protocol.CANCELLED, checkpoint=None, iteration=None)
+        return protocol.EXIT_CANCELLED
+    finally:
+        cancel.restore()
+    out.emit(protocol.DONE, outputs=outputs)
+    return protocol.EXIT_OK
+
+
 def run_evaluate(args, out):
     from .evaluate import evaluate_views
     checked_flag(args.downscale, "data.downscale", "--downscale")
@@ -360,7 +400,7 @@ def main(argv=None):
     try:
         from .io.rig import RigError
         bad_input = (RigError, InputError)
-        commands = {"train": run_train, "extract": run_extract, "evaluate": run_evaluate,
+        commands = {"train": run_train, "extract": run_extract, "export": run_export, "evaluate": run_evaluate,
                     "preset": run_show_preset, "curves": run_curves, "calibrate": run_calibrate}
         return commands[args.command](args, out)
     except bad_input as exc:

@@ -29,11 +29,15 @@ BACKENDS = {
     "triton": ("Triton", "Marble's fused Triton kernels, on CUDA GPUs"),
     "torch": ("torch", "The reference implementation; runs everywhere"),
 }
-SECTIONS = ("encoding", "network", "render", "train", "mesh", "data", "dynamic")
+# What `train --export-format` can write at the end of a static job (`python -m engine export` also
+# writes a dynamic job's USD: engine.io.protocol.EXPORT_FORMATS).
+EXPORT_FORMATS = ("glb", "obj", "ply")
+SECTIONS = ("encoding", "network", "render", "train", "mesh", "data", "dynamic", "export")
 CHOICES = {"render.sampler": ("occupancy", "hierarchical"), "render.background_model": ("auto", "none"),
            "train.color_loss": ("l1", "huber"), "train.gradient": ("numerical", "analytic"),
            "train.mixed_precision": ("auto", "off", "bf16", "fp16"), "dynamic.coordinates": ("world", "canonical"),
-           "encoding.half_table": ("auto", "on", "off"), "network.appearance": ("auto", "on", "off")}
+           "encoding.half_table": ("auto", "on", "off"), "network.appearance": ("auto", "on", "off"),
+           "export.format": EXPORT_FORMATS}
 # "section.field": (least, most), both included; None: unbounded. Every number of the configuration
 # has one (tests/engine/test_config.py checks), checked by validate() and used by the CLI and the add-on.
 # The bounds keep a job inside what the engine can run: memory (samples, rays, table size, grid
@@ -59,6 +63,7 @@ RANGES = {
     "dynamic.frame_iterations": (1, None), "dynamic.frame_lr_factor": (0.0, 1.0),
     "dynamic.prediction_iterations": (0, None), "dynamic.prediction_lr": (0.0, 1.0),
     "dynamic.prediction_mask_weight": (0.0, 1e3),
+    "export.faces": (0, 10 ** 7), "export.texture": (16, 8192),
 }
 # Above their least, not at it (a zero learning rate or scale means nothing).
 POSITIVE = ("network.init_radius", "render.init_inv_s", "train.lr", "train.final_lr_factor",
@@ -181,6 +186,14 @@ class DynamicConfig:
 
 
 @dataclass
+class ExportConfig:
+    """The textured mesh written when a static job ends (`python -m engine export` does the same later)."""
+    faces: int = 0                 # decimate to about this many faces; 0: no export at the end of training
+    texture: int = 2048            # the baked colour texture's edge in pixels (glb, obj)
+    format: str = "glb"            # glb (glTF binary, texture inside) | obj (+ .mtl + .png) | ply (vertex colours)
+
+
+@dataclass
 class Config:
     preset: str = "cpu"
     encoding: HashGridConfig = field(default_factory=HashGridConfig)
@@ -190,6 +203,7 @@ class Config:
     mesh: MeshConfig = field(default_factory=MeshConfig)
     data: DataConfig = field(default_factory=DataConfig)
     dynamic: DynamicConfig = field(default_factory=DynamicConfig)
+    export: ExportConfig = field(default_factory=ExportConfig)
     device: str = "auto"
     backend: str = "auto"          # hash-grid encoding: auto (tcnn, then triton on CUDA, else torch) | tcnn | triton | torch
 
@@ -246,7 +260,7 @@ class Config:
                    encoding=HashGridConfig(**data["encoding"]), network=NetworkConfig(**data["network"]),
                    render=RenderConfig(**data["render"]), train=TrainConfig(**data["train"]),
                    mesh=MeshConfig(**data["mesh"]), data=DataConfig(**data.get("data", {})),
-                   dynamic=DynamicConfig(**data.get("dynamic", {})))
+                   dynamic=DynamicConfig(**data.get("dynamic", {})), export=ExportConfig(**data.get("export", {})))
 
 
 # Each preset's fields that differ from the dataclasses' defaults, section by section.

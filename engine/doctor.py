@@ -14,17 +14,19 @@ from .io import protocol
 # (module to import, pip name): what the engine cannot train without, and what it can.
 REQUIRED = (("torch", "torch"), ("numpy", "numpy"), ("mcubes", "PyMCubes"), ("PIL", "pillow"))
 # Calibration (engine.calibrate) needs pycolmap, PyAV for videos and pillow-heif for HEIC photographs;
-# training does not.
-OPTIONAL = (("trimesh", "trimesh"), ("pycolmap", "pycolmap"), ("av", "av"), ("pillow_heif", "pillow-heif"))
-SETUP_HINT = "python3 build.py setup makes a .venv with all of them"
+# export (engine.export) fast-simplification, xatlas and usd-core (pxr); training needs none of them.
+OPTIONAL = (("trimesh", "trimesh"), ("pycolmap", "pycolmap"), ("av", "av"), ("pillow_heif", "pillow-heif"),
+            ("fast_simplification", "fast-simplification"), ("xatlas", "xatlas"), ("pxr", "usd-core"))
+SETUP_HINT = ("press Install Engine in Preferences > Add-ons > Marble (in a checkout, python3 build.py setup "
+              "makes a .venv with all of them)")
 
 
 def missing_module_message(module):
     """The error a command gives when the engine's Python lacks a package (`module` as imported)."""
     pip = dict(REQUIRED + OPTIONAL).get(module.split(".")[0], module)
-    return (f"the engine's Python ({sys.executable}) has no {pip}: choose another Python interpreter in "
-            f"Preferences > Add-ons > Marble, or run `python3 build.py setup` to make a .venv with the "
-            f"engine's packages")
+    return (f"the engine's Python ({sys.executable}) has no {pip}: press Install Engine in Preferences > "
+            f"Add-ons > Marble (or choose another Python interpreter there; in a checkout, run "
+            f"`python3 build.py setup` to make a .venv with the engine's packages)")
 
 
 def engine_package(module):

@@ -1,6 +1,7 @@
 # SPDX-License-Identifier: GPL-3.0-or-later
-"""What the result importers share: the file browser opens in the job's meshes folder, the objects go
-to the rig's collection, and errors and results are reported the same way."""
+"""What the result importers share: the file browser opens in the job's meshes folder, a path given
+beforehand (a file dropped on the viewport, a script) imports at once, the objects go to the rig's
+collection, and errors and results are reported the same way."""
 import os
 
 import bpy
@@ -24,9 +25,29 @@ def rig_collection(context, fallback):
     return collection
 
 
+def invoke_import(operator, context, event):
+    """Invoke of Marble's importers: with a path already set (a file dropped on the 3D viewport or the
+    outliner through a FileHandler, or a script) import it at once; else open the file browser."""
+    if operator.filepath:
+        return operator.execute(context)
+    return ImportHelper.invoke(operator, context, event)
+
+
+def chosen_paths(operator):
+    """The files an importer was given: each of `files` in `directory` (several files chosen or dropped)
+    when the operator has them, else its `filepath`; absolute."""
+    directory = getattr(operator, "directory", "")
+    names = [f.name for f in getattr(operator, "files", ()) if f.name]
+    if directory and names:
+        folder = bpy.path.abspath(directory)
+        return [os.path.abspath(os.path.join(folder, name)) for name in names]
+    return [os.path.abspath(bpy.path.abspath(operator.filepath))] if operator.filepath else []
+
+
 class ResultImport(ImportHelper):
     """An operator importing one of a job's results. Subclasses define `load(context, path)`, which
-    imports the file and returns the report, and may give `start_file` and `exists`."""
+    imports the file and returns the report, and may give `start_file` and `exists`. Several files
+    (`files` in `directory`, when the subclass has them) import one after the other in one undo step."""
     bl_options = {'REGISTER', 'UNDO'}
     missing = "No such file"             # the error for a path that is not there
     errors = (meshes.MeshError,)         # reported to the user instead of raised
@@ -39,21 +60,27 @@ class ResultImport(ImportHelper):
         return os.path.isfile(path)
 
     def invoke(self, context, event):
-        start = self.start_file(context)
-        if start and not self.filepath:
-            self.filepath = start
+        if self.filepath:  # dropped, or given by a script: no file browser
+            return self.execute(context)
+        self.filepath = self.start_file(context)
         return ImportHelper.invoke(self, context, event)
 
     def execute(self, context):
-        path = os.path.abspath(bpy.path.abspath(self.filepath)) if self.filepath else ""
-        if not path or not self.exists(path):
-            self.report({'ERROR'}, f"{self.missing}: {path or '(none given)'}")
+        paths = chosen_paths(self)
+        if not paths:
+            self.report({'ERROR'}, f"{self.missing}: (none given)")
             return {'CANCELLED'}
-        try:
-            message = self.load(context, path)
-        except self.errors as exc:
-            self.report({'ERROR'}, str(exc))
-            return {'CANCELLED'}
-        meshes.show_color_attributes(context.window_manager)
-        self.report({'INFO'}, message)
-        return {'FINISHED'}
+        imported = 0
+        for path in paths:  # several files: those before a bad one stay imported
+            try:
+                if not self.exists(path):
+                    raise FileNotFoundError(f"{self.missing}: {path}")
+                message = self.load(context, path)
+            except (FileNotFoundError, *self.errors) as exc:
+                self.report({'ERROR'}, str(exc))
+                break
+            imported += 1
+            self.report({'INFO'}, message)
+        if imported:
+            meshes.show_color_attributes(context.window_manager)
+        return {'FINISHED'} if imported else {'CANCELLED'}

@@ -40,7 +40,7 @@ class MARBLE_OT_resume(bpy.types.Operator):
 
 
 class MARBLE_OT_cancel(bpy.types.Operator):
-    """Stop the running training job (the engine saves a checkpoint first)"""
+    """Stop the running job (training saves a checkpoint first; a calibration or an export leaves nothing)"""
     bl_idname = "marble.cancel"
     bl_label = "Cancel"
 

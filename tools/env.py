@@ -1,6 +1,7 @@
 """The .venv and its pinned packages (standard library only).
 
-ensure_setup() creates .venv with Python 3.11 and installs PINS unless its stamp says that is done;
+ensure_setup() creates .venv with Python 3.11 and installs PINS (engine/pins.py: the engine's and the
+developer's pins) unless its stamp says that is done;
 check_packages() says what is missing, of the wrong version or does not import.
 """
 import datetime
@@ -14,38 +15,17 @@ import sys
 import tempfile
 import time
 
+from engine import pins  # standard library data (tests/build/test_tools.py)
 from tools import REPO, BuildError, log
 from tools.sandbox import isolated_env
 
 VENV = os.path.join(REPO, ".venv")
-PYTHON_VERSION = (3, 11)  # the bpy wheel is built for exactly this Python
-
-# The pinned packages: the one place their versions live. torch: on a machine without an NVIDIA GPU
-# pip picks the CPU build of this version where one is offered (a local wheel, or the index named by
-# $MARBLE_TORCH_INDEX, e.g. https://download.pytorch.org/whl/cpu); with a GPU, the default index's.
-PINS = {
-    "torch": "2.13.0",
-    "bpy": "5.0.1",
-    "numpy": "1.26.4",      # bpy 5.0 needs numpy < 2
-    "trimesh": "4.8.3",
-    "PyMCubes": "0.1.6",
-    "pillow": "12.0.0",
-    "pytest": "9.2.0",
-    "hypothesis": "6.170.17",  # property-based fuzzing of the rig readers (tests/io/test_rig_fuzz.py)
-    "scipy": "1.15.3",      # k-d tree for exact point-to-surface distances (engine.metrics)
-    "pycolmap": "4.2.1",    # calibration: COLMAP's SIFT, matching and mappers (engine.calibrate)
-    "av": "18.1.0",         # PyAV: video frames for calibration (19.x has no wheel for Python 3.11)
-    "pillow-heif": "1.8.1", # HEIC photographs from phones
-    "fast-simplification": "0.2.0",  # quadric decimation of the extracted surface (engine export)
-    "xatlas": "0.0.11",     # UV unwrapping for the baked texture (engine export)
-    "usd-core": "26.11",    # a dynamic job as one USD file of time-sampled meshes (engine export)
-    "triton": "3.7.1",      # the GPU kernels' compiler (the version torch 2.13's CUDA build pins); on the CPU
-                            # its interpreter runs the kernels for the tests (TRITON_INTERPRET=1)
-}
-# Pins installed only where the package has wheels (Triton: Linux).
-PLATFORM_PINS = {"triton": ("linux",)}
-IMPORT_NAMES = {"PyMCubes": "mcubes", "pillow": "PIL", "pillow-heif": "pillow_heif",
-                "fast-simplification": "fast_simplification", "usd-core": "pxr"}
+# The pinned packages live in engine/pins.py (the extension zip carries it for Install Engine); the
+# checkout's .venv gets the engine's and the developer's.
+PYTHON_VERSION = pins.PYTHON_VERSION
+PINS = {**pins.ENGINE_PINS, **pins.DEVELOPER_PINS}
+PLATFORM_PINS = pins.PLATFORM_PINS
+IMPORT_NAMES = pins.IMPORT_NAMES
 TORCH_INDEX_ENV = "MARBLE_TORCH_INDEX"
 STAMP_FILE = "marble-setup.json"
 
@@ -93,12 +73,11 @@ def find_base_python():
 
 def platform_pins():
     """PINS less the packages this platform has no wheels for."""
-    return {name: version for name, version in PINS.items()
-            if name not in PLATFORM_PINS or sys.platform.startswith(PLATFORM_PINS[name])}
+    return pins.for_platform(PINS)
 
 
 def requirements():
-    return [f"{name}=={version}" for name, version in platform_pins().items()]
+    return pins.requirements(PINS)
 
 
 def _variant():

@@ -1,6 +1,5 @@
 # SPDX-License-Identifier: GPL-3.0-or-later
 """View3D > Sidebar > Marble: rig, training settings, live progress, results."""
-import os
 import textwrap
 
 import bpy
@@ -10,7 +9,6 @@ from ..addon.build import region as regions
 from ..addon.build import rig as rig_build
 from ..addon.jobs import command as commands
 from ..addon.jobs import reducer
-from ..engine.io import sequence as sequence_io
 
 ACTIVE_STATES = {'running', 'cancelling'}
 EXPORT_ICONS = {'running': 'RENDER_STILL', 'cancelled': 'CANCEL', 'failed': 'ERROR', 'done': 'CHECKMARK'}
@@ -42,6 +40,11 @@ def phase_text(job):
     return reducer.PHASES.get(job.phase, "").capitalize() if job.dynamic else ""
 
 
+def export_text(job):
+    """"Exporting: bake" while an export runs (the phase, once the engine names it)."""
+    return "Exporting" + (f": {job.phase}" if job.phase in reducer.EXPORT_STEPS else "")
+
+
 def stage_text(job):
     """The stage shown beside the job's state: a dynamic job's phase while it predicts or trains a frame
     (the engine announces "predict" and then "train" per frame); a calibration's phase (also a training
@@ -51,16 +54,6 @@ def stage_text(job):
     if job.dynamic and job.phase and job.stage in ("frame", "predict", "train"):
         return job.phase
     return job.stage
-
-
-def job_sequence(context):
-    """The shown job's sequence.json when it has one (a dynamic job's frames so far), else ""."""
-    job = context.window_manager.marble_job
-    if job.sequence_path and os.path.isfile(bpy.path.abspath(job.sequence_path)):
-        return os.path.abspath(bpy.path.abspath(job.sequence_path))
-    job_dir = commands.shown_job_dir(context)
-    path = sequence_io.sequence_path(job_dir) if job_dir else ""
-    return path if path and os.path.isfile(path) else ""
 
 
 def _wrapped_labels(layout, text, icon='NONE', width=48, max_lines=14):
@@ -90,9 +83,11 @@ def _export_status(layout, state):
 
 
 def _job_end(layout, job):
-    """The Job panel's end: a calibration's count in its phase, the message, Cancel or Resume."""
+    """The Job panel's end: a calibration's or an export's count in its phase, the message, Cancel or Resume."""
     calibrating = job.kind == 'calibrate' or job.stage == "calibrate"
     counted = reducer.CALIBRATE_COUNTS.get(job.phase) if calibrating else None
+    if job.kind == 'export' and job.phase in reducer.EXPORT_STEPS:
+        counted = reducer.EXPORT_STEPS[job.phase].capitalize()
     if counted and job.total and job.state in ACTIVE_STATES:
         layout.label(text=f"{counted}: {job.iteration} / {job.total}")
     if job.message:
@@ -102,6 +97,26 @@ def _job_end(layout, job):
         row.operator("marble.cancel", icon='CANCEL')
     elif job.resumable:
         row.operator("marble.resume", icon='PLAY')
+
+
+def _export_results(layout, context):
+    """A finished static job: its textured mesh (Faces, Texture Size, Export); a dynamic one: its frames as
+    one streaming USD sequence. Only when the shown job has that result, and no job runs."""
+    kind = commands.exportable(commands.shown_job_dir(context))
+    if not kind:
+        return
+    box = layout.box()
+    col = box.column(align=True)
+    col.enabled = not jobs.is_running()  # one job at a time
+    if kind == "glb":
+        settings = context.scene.marble
+        col.label(text="Textured Mesh", icon='TEXTURE')
+        col.prop(settings, "export_faces")
+        col.prop(settings, "export_texture")
+        col.operator("marble.export_textured", icon='EXPORT')
+    else:
+        col.label(text="Streaming Sequence (USD)", icon='SEQUENCE')
+        col.operator("marble.export_sequence_usd", text="Export USD Sequence", icon='EXPORT')
 
 
 class MarblePanel:
@@ -201,8 +216,13 @@ class MARBLE_PT_job(MarbleSubPanel, bpy.types.Panel):
         layout = self.layout
         job = context.window_manager.marble_job
         calibration = job.kind == 'calibrate' or job.stage == "calibrate"
+        exporting = job.kind == 'export'
         stage = stage_text(job)
-        if calibration and job.state == 'running':
+        if exporting and job.state == 'running':
+            layout.label(text=export_text(job))  # "Exporting: bake"
+        elif exporting:
+            layout.label(text=f"{job.state.capitalize()}: export")
+        elif calibration and job.state == 'running':
             layout.label(text=stage)  # "Calibrating: matching"
         elif job.kind == 'calibrate':
             layout.label(text=f"{job.state.capitalize()}: calibration")
@@ -212,7 +232,7 @@ class MARBLE_PT_job(MarbleSubPanel, bpy.types.Panel):
         if job.state in ACTIVE_STATES and job.eta_s > 0:
             text += f", {format_duration(job.eta_s)} left"
         layout.progress(factor=job.progress, type='BAR', text=text)
-        if calibration:
+        if calibration or exporting:
             _job_end(layout, job)
             return
         col = layout.column(align=True)
@@ -243,11 +263,9 @@ class MARBLE_PT_results(MarbleSubPanel, bpy.types.Panel):
         col = layout.column(align=True)
         col.operator("marble.import_mesh", icon='IMPORT')
         if hasattr(bpy.types, "MARBLE_OT_import_sequence"):
-            # A job with a sequence: the file browser opens on its sequence.json.
-            sequence = job_sequence(context)
-            op = col.operator("marble.import_sequence", icon='SEQUENCE')
-            if sequence:
-                op.filepath = sequence
+            # The file browser opens on the job's sequence.json (the operator's start_file).
+            col.operator("marble.import_sequence", icon='SEQUENCE')
+        _export_results(layout, context)
         row = layout.row(align=True)
         row.operator("marble.show_curves", icon='GRAPH')
         row.operator("marble.open_job_folder", icon='FILE_FOLDER')

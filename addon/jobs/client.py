@@ -1,6 +1,6 @@
 # SPDX-License-Identifier: GPL-3.0-or-later
-"""The job client: starts `python -m engine train` (or `calibrate`, for photographs) in the engine's own
-Python and follows its events.
+"""The job client: starts `python -m engine train` (or `calibrate`, for photographs; `export`, for a
+finished job's textured mesh or USD sequence) in the engine's own Python and follows its events.
 
 One job runs at a time, whatever its kind. `tick()` drains the reader thread's queue on Blender's main thread: the
 reducer updates `wm.marble_job`, the effects change the scene. In Blender, `tick` runs as a
@@ -56,7 +56,7 @@ def _check_free(context):
     if _job is not None and _job.final is not None:
         _release(_job)  # its outcome is shown already; only its process still exits
     if _job is not None:
-        what = "calibration" if _job.kind == "calibrate" else "training"
+        what = {"calibrate": "calibration", "export": "export"}.get(_job.kind, "training")
         where = f" (scene '{_job.scene_name}')" if _job.scene_name != context.scene.name else ""
         raise JobError(f"A Marble {what} job is already running{where}: wait for it or cancel it first; "
                        "one job runs at a time")
@@ -101,6 +101,21 @@ def start_calibration(context, path):
     return job
 
 
+def start_export(context, fmt):
+    """Export the scene's last (finished) job as `fmt` (one of protocol.EXPORT_FORMATS; glb with the
+    scene's Faces and Texture Size) in the background (`python -m engine export`); at its done the
+    result is imported into the rig's collection: a glb as "<rig> textured" (build.textured), a USD
+    sequence as a sequence cache. Raises JobError with a message for the user when it cannot start."""
+    _check_free(context)
+    plan = commands.plan_export(context, fmt)
+    collection = context.scene.marble.rig_collection
+    in_scene = collection is not None and collection in context.scene.collection.children_recursive
+    job = _run(context, plan.command, plan.job_dir, collection_name=collection.name if in_scene else "",
+               kind="export")
+    reducer.begin(context.window_manager.marble_job, plan.job_dir, False, 0, kind="export")
+    return job
+
+
 def cancel():
     """Ask the running engine to stop (it saves a checkpoint first). False when no job runs."""
     job = _job
@@ -110,8 +125,8 @@ def cancel():
         state = _state()
         if state is not None and job.final is None:
             state.state = 'cancelling'
-            state.message = ("Stopping the calibration" if job.kind == "calibrate" else
-                             "Stopping: the engine saves a checkpoint first")
+            state.message = {"calibrate": "Stopping the calibration", "export": "Stopping the export"}.get(
+                job.kind, "Stopping: the engine saves a checkpoint first")
         _redraw()
     return True
 
@@ -190,7 +205,7 @@ def _finish(job, returncode, state):
         cancel_requested = job.cancel_requested_at is not None
         own_failure = job.failure is None and not cancel_requested
         reducer.ended(state, returncode, failure=job.failure, cancel_requested=cancel_requested,
-                      resumable=reducer.has_checkpoint(job.job_dir),
+                      resumable=job.kind != "export" and reducer.has_checkpoint(job.job_dir),
                       tail=job.log_tail() if own_failure else "", log_path=job.log_path)
     _clear(job)
 

@@ -20,6 +20,8 @@ Plan = collections.namedtuple("Plan", "python job_dir command region_name")
 # A calibration job: `images` is the photographs' folder or the video, `dataset` JOB/dataset (the
 # engine's --out), `name` what the imported collection is called (the folder's name or the video's stem).
 CalibrationPlan = collections.namedtuple("CalibrationPlan", "python job_dir command images dataset name")
+# An export of a finished job's result (`python -m engine export`): `format` one of protocol.EXPORT_FORMATS.
+ExportPlan = collections.namedtuple("ExportPlan", "python job_dir command format")
 
 # What `python -m engine calibrate --images PATH` takes: a folder of photographs, or one video file.
 PHOTO_EXTENSIONS = (".jpg", ".jpeg", ".png", ".tif", ".tiff", ".heic", ".heif")
@@ -64,6 +66,54 @@ def build_calibrate_command(python, images, dataset):
     """The engine's command line for calibrating the photographs' folder (or video) `images` into the
     dataset folder `dataset` (which the engine creates)."""
     return [python, "-m", "engine", "calibrate", "--images", images, "--out", dataset]
+
+
+def build_export_command(python, job_dir, fmt, faces=None, texture=None):
+    """The engine's command line exporting the finished job in `job_dir` as `fmt` (glb: decimated to
+    `faces` faces, its colours baked into a `texture` pixels wide image)."""
+    command = [python, "-m", "engine", "export", job_dir]
+    if faces is not None:
+        command += ["--faces", str(int(faces))]
+    if texture is not None:
+        command += ["--texture", str(int(texture))]
+    return command + ["--format", fmt]
+
+
+def exportable(job_dir):
+    """What the finished job in `job_dir` can be exported as: "glb" (a static job's mesh), "usd" (a
+    dynamic job's sequence), or "" (no finished result there)."""
+    if not job_dir or not os.path.isdir(job_dir):
+        return ""
+    meshes = os.path.join(job_dir, protocol.MESHES_DIR)
+    if os.path.isfile(os.path.join(meshes, protocol.SEQUENCE_FILE)):
+        return "usd"
+    if os.path.isfile(os.path.join(meshes, protocol.STATIC_MESH_FILE)):
+        return "glb"
+    return ""
+
+
+def plan_export(context, fmt):
+    """Check the scene's last job (a finished static job for glb, a dynamic one for usd) and the engine's
+    interpreter, and build the export's command line. Raises JobError."""
+    if fmt not in protocol.EXPORT_FORMATS:
+        raise JobError(f"Unknown export format {fmt!r} (one of {', '.join(protocol.EXPORT_FORMATS)})")
+    job_dir = shown_job_dir(context)
+    if not job_dir or not os.path.isdir(job_dir):
+        raise JobError("No finished job to export: train one first" + (f" ({job_dir} is gone)" if job_dir else ""))
+    kind = exportable(job_dir)
+    if fmt == "usd" and kind != "usd":
+        raise JobError(f"The job in {job_dir} has no mesh sequence ({protocol.MESHES_DIR}/{protocol.SEQUENCE_FILE}) "
+                       "to export as USD: only a dynamic job has one")
+    if fmt != "usd" and kind != "glb":
+        raise JobError(f"The job in {job_dir} has no finished mesh ({protocol.MESHES_DIR}/{protocol.STATIC_MESH_FILE}) "
+                       "to export" + (": a dynamic job exports its sequence as USD" if kind == "usd" else ""))
+    python = engine_interpreter(check_verdict=False)  # the engine itself says what exporting lacks
+    settings = context.scene.marble
+    if fmt == "usd":
+        command = build_export_command(python, job_dir, fmt)
+    else:
+        command = build_export_command(python, job_dir, fmt, settings.export_faces, int(settings.export_texture))
+    return ExportPlan(python, job_dir, command, fmt)
 
 
 def calibration_source(path):

@@ -1,8 +1,9 @@
 # SPDX-License-Identifier: GPL-3.0-or-later
 """What the engine's events do to the Blender scene, on the main thread (from the tick): the preview
 mesh, the region empty following the engine's region, the final mesh, a dynamic job's sequence
-growing frame by frame (build.sequence.LiveSequence), and a calibration's dataset (cameras, region and
-points, build.points) becoming the scene's rig.
+growing frame by frame (build.sequence.LiveSequence), a calibration's dataset (cameras, region and
+points, build.points) becoming the scene's rig, and an export's result: a textured mesh replacing the
+rig's earlier one (build.textured), or a USD sequence as a sequence cache (build.sequence_cache).
 
 A resumed dynamic job first adds the frames its sequence.json already lists; `done` makes the
 collection hold exactly the frames of sequence.json. A frame that cannot be imported fails the job and
@@ -18,6 +19,8 @@ from ...engine.io import sequence as sequence_io
 from ..build import mesh as meshes
 from ..build import points as points_build
 from ..build import region as regions
+from ..build import sequence_cache
+from ..build import textured as textured_build
 from ..build.sequence import LiveSequence
 from . import reducer
 
@@ -27,7 +30,7 @@ class SceneTargets:
     ID pointers kept across ticks would dangle after a file load)."""
 
     def __init__(self, scene_name, collection_name, region_name=None, resume=False, kind="train", source_name=""):
-        self.kind = kind                      # "train", or "calibrate": a calibration's done imports its dataset
+        self.kind = kind                      # "train", "calibrate" (its done imports the dataset) or "export"
         self.source_name = source_name        # a calibration: the collection's name (the photographs' folder)
         self.scene_name = scene_name
         self.collection_name = collection_name
@@ -65,16 +68,18 @@ def handle(job, event, state):
         _follow_region(job, event["region"])
     elif kind == protocol.PREVIEW:
         _show_preview(job, event.get("path"))
-    elif kind == protocol.MESH and reducer.is_integer(event.get("frame")):
+    elif kind == protocol.MESH and job.kind == "train" and reducer.is_integer(event.get("frame")):
         return _add_frame(job, event, state)
     elif kind == protocol.ERROR:
-        state.resumable = reducer.has_checkpoint(job.job_dir)
+        state.resumable = job.kind != "export" and reducer.has_checkpoint(job.job_dir)
     elif kind == protocol.DONE:
         remove_preview(job)
         outputs = event.get("outputs")
         outputs = outputs if isinstance(outputs, dict) else {}
         if job.kind == "calibrate":
             return _import_calibration(job, state, outputs)
+        if job.kind == "export":
+            return _import_export(job, state, outputs)
         if job.dynamic or outputs.get("sequence"):
             return _finish_sequence(job, state, outputs)
         return _import_mesh(job, state)
@@ -126,6 +131,60 @@ def _import_calibration(job, state, outputs):
                f"'{built.collection.name}'{of}")
     state.message = reducer.bounded("\n".join([message] + list(built.warnings)))
     return True
+
+
+def sequence_cache_name(collection_name):
+    """What a dynamic job's USD sequence cache is called in the scene."""
+    return f"{collection_name} sequence cache" if collection_name else "Marble sequence cache"
+
+
+def _import_export(job, state, outputs):
+    """An export's done: a textured mesh replaces the rig's earlier one; a USD sequence arrives as a
+    sequence cache. A result that cannot be imported fails the job and adds nothing."""
+    path = str(outputs.get("export") or "")
+    fmt = outputs.get("format")
+    if not path:
+        state.state = 'failed'
+        state.message = "The export finished without naming its file"
+        return True
+    try:
+        if fmt == "usd":
+            name, collection = sequence_cache_name(job.collection_name), _target_collection(job)
+            earlier = collection.objects.get(name)
+            obj = sequence_cache.build_sequence_cache(path, name, collection, _scene(job))
+            if earlier is not None and earlier.get(sequence_cache.PROP_USD):
+                _remove_sequence_cache(earlier)  # an export again: the new object takes its place and name
+                obj.name = name
+            message = f"Imported the USD sequence {os.path.basename(path)} as '{obj.name}'"
+        elif fmt in (None, "glb"):
+            built = textured_build.build_textured(path, textured_build.textured_name(job.collection_name),
+                                                  _target_collection(job))
+            size = "x".join(str(n) for n in built.image.size) if built.image is not None else "?"
+            message = (f"Imported '{built.objects[0].name}': {built.vertices} vertices, {built.faces} faces, "
+                       f"texture {size}")
+        else:
+            state.state = 'done'
+            state.message = reducer.bounded(f"Exported {path} (Blender does not import {fmt} files here)")
+            return True
+    except (ValueError, OSError, RuntimeError) as exc:  # TexturedError and SequenceCacheError are ValueErrors
+        state.state = 'failed'
+        state.message = reducer.bounded(f"The export finished but its result cannot be imported: {exc}")
+        return True
+    state.state = 'done'
+    state.message = reducer.bounded(message)
+    return True
+
+
+def _remove_sequence_cache(obj):
+    """Remove a sequence cache object with its mesh and cache file (when nothing else uses them)."""
+    mesh = obj.data
+    caches = [m.cache_file for m in obj.modifiers if m.type == 'MESH_SEQUENCE_CACHE' and m.cache_file is not None]
+    bpy.data.objects.remove(obj)
+    if mesh is not None and mesh.users == 0:
+        bpy.data.meshes.remove(mesh)
+    orphans = [cache for cache in caches if cache.users == 0]
+    if orphans:
+        bpy.data.batch_remove(orphans)  # bpy.data.cache_files has no remove()
 
 
 def fail(job, state, message):

@@ -15,7 +15,11 @@ PHASES = {"predict": "predicting its motion", "train": "training"}  # a dynamic 
 # A calibration job's phases (protocol.CALIBRATE_PHASES), and what its progress counts in each.
 CALIBRATE_COUNTS = {"read": "Photographs read", "features": "Images with features", "matching": "Pairs matched",
                     "mapping": "Images registered", "write": "Images written"}
-JOB_KINDS = ("train", "calibrate")  # a job trains a rig, or calibrates photographs into a dataset
+# An export's phases (protocol.EXPORT_PHASES), as the Job panel names them.
+EXPORT_STEPS = {"extract": "extracting the mesh", "decimate": "decimating", "unwrap": "unwrapping UVs",
+                "bake": "baking the texture", "write": "writing the file"}
+# A job trains a rig, calibrates photographs into a dataset, or exports a finished job's result.
+JOB_KINDS = ("train", "calibrate", "export")
 INT_LIMIT = 2 ** 31 - 1      # Blender's IntProperty is 32-bit: a larger number would raise in the tick
 FLOAT_LIMIT = 1e30           # Blender's FloatProperty is 32-bit; larger (or non-finite) figures mean nothing
 MAX_MESSAGE_CHARS = 2000     # what the job state keeps of one message (the panel re-wraps it on every redraw)
@@ -71,7 +75,7 @@ def frame_position(state, template="{} of {}"):
 
 
 def job_kind(state):
-    """The job's kind ("train" or "calibrate"; a state without one trains)."""
+    """The job's kind (one of JOB_KINDS; a state without one trains)."""
     value = getattr(state, "kind", "train")
     return value if value in JOB_KINDS else "train"
 
@@ -85,6 +89,18 @@ def calibration_summary(outputs):
     if outputs.get("dataset"):
         text += f"; dataset: {outputs['dataset']}"
     return text
+
+
+def export_summary(outputs):
+    """What an export's `done` outputs say, in words."""
+    what = {"glb": "textured mesh", "obj": "textured mesh", "ply": "mesh", "usd": "sequence"}.get(
+        outputs.get("format"), "result")
+    text = f"Exported the {what}"
+    if is_integer(outputs.get("faces")):
+        text += f" ({outputs['faces']} faces)"
+    elif is_integer(outputs.get("frames")):
+        text += f" ({outputs['frames']} frames)"
+    return text + (f": {outputs['export']}" if outputs.get("export") else "")
 
 
 def begin(state, job_dir, resume, total, kind="train"):
@@ -102,6 +118,7 @@ def begin(state, job_dir, resume, total, kind="train"):
         state.frame_count = state.frames_done = 0
         state.frame_index = -1
         state.phase = state.sequence_path = ""
+    state.export_path = ""
     state.state = 'running'
     state.eta_s = 0.0
     state.stage = "resuming" if resume else "starting"
@@ -117,7 +134,8 @@ def update_state(state, event):
     changes): shared by the live tick and by replay()."""
     kind = event.get("event")
     if kind == protocol.STARTED:
-        state.kind = "calibrate" if event.get("command") == "calibrate" else "train"
+        command = event.get("command")
+        state.kind = command if command in ("calibrate", "export") else "train"
         device, backend = event.get("device"), event.get("backend")
         state.device = ", ".join(str(x) for x in (device, backend) if x)
         state.dynamic = bool(event.get("dynamic"))
@@ -139,13 +157,16 @@ def update_state(state, event):
         elif name == "calibrate":
             phase = event.get("phase")
             state.phase = phase if phase in protocol.CALIBRATE_PHASES else ""
+        elif name == "export":  # an export may print no started event: its stage says what it is
+            state.kind = "export"
+            state.phase = ""
     elif kind == protocol.PROGRESS:
         iteration, total = _count(event.get("iteration")), _count(event.get("total"))
         state.iteration = iteration
         if total > 0:
             state.total = total
         overall = _number(event.get("sequence_progress"), None)
-        if overall is None:  # a calibration: the fraction of all its phases
+        if overall is None:  # a calibration or an export: the fraction of all its phases
             overall = _number(event.get("fraction"), None)
         if overall is not None:  # a dynamic job or a calibration: the bar covers the whole job
             state.progress = min(1.0, max(0.0, overall))
@@ -160,7 +181,7 @@ def update_state(state, event):
             state.frame_index = event["frame_index"]
         if is_integer(event.get("frame_count")):
             state.frame_count = event["frame_count"]
-        if event.get("phase") in PHASES or event.get("phase") in protocol.CALIBRATE_PHASES:
+        if event.get("phase") in (*PHASES, *protocol.CALIBRATE_PHASES, *protocol.EXPORT_PHASES):
             state.phase = event["phase"]
     elif kind == protocol.MESH:
         if event.get("frame") is None and event.get("path"):
@@ -172,6 +193,10 @@ def update_state(state, event):
     elif kind == protocol.ERROR:
         state.state = 'failed'
         state.message = bounded(event.get("message") or "The engine reported an error")
+    elif kind == protocol.CANCELLED and job_kind(state) == "export":
+        state.state = 'cancelled'
+        state.message = "Export cancelled: nothing was written or imported"
+        state.resumable = False
     elif kind == protocol.CANCELLED:
         state.state = 'cancelled'
         checkpoint = event.get("checkpoint")
@@ -189,8 +214,12 @@ def update_state(state, event):
             state.sequence_path = str(outputs["sequence"])
             if is_integer(outputs.get("frames")):
                 state.frames_done = outputs["frames"]
+        if outputs.get("export"):
+            state.export_path = str(outputs["export"])
         if job_kind(state) == "calibrate":
             state.message = bounded(calibration_summary(outputs))
+        elif job_kind(state) == "export":
+            state.message = bounded(export_summary(outputs))
         state.progress = 1.0
         state.eta_s = 0.0
 
@@ -235,6 +264,7 @@ def replay(state, job_dir):
     state.frame_count = state.frames_done = 0
     state.dynamic = False
     state.stage = state.message = state.device = state.mesh_path = state.phase = state.sequence_path = ""
+    state.export_path = ""
     state.resumable = False
     state.job_dir = job_dir
     if not events_path or not os.path.isfile(events_path):
@@ -253,8 +283,9 @@ def replay(state, job_dir):
                 continue
             if event.get("event") in (protocol.ERROR, protocol.CANCELLED, protocol.DONE):
                 final = event["event"]
-            elif event.get("event") == protocol.STARTED:
-                final = None  # a resumed run starts over in the same file
+            elif event.get("event") == protocol.STARTED or (
+                    event.get("event") == protocol.STAGE and event.get("name") == "export"):
+                final = None  # a resumed run (or an export, which may print no started) starts over in the file
     except OSError as exc:
         problems.append(f"cannot be read ({exc.strerror or exc})")
     if state.dynamic:
@@ -267,7 +298,13 @@ def replay(state, job_dir):
             except (ValueError, OSError) as exc:
                 problems.append(f"{path}: {exc}")
     calibration = job_kind(state) == "calibrate"
-    if final == protocol.DONE:
+    if job_kind(state) == "export":
+        # The job's last run was an export (into the same events.jsonl): its end is what shows.
+        state.state = {protocol.DONE: 'done', protocol.CANCELLED: 'cancelled'}.get(final, 'failed')
+        if final is None:
+            state.message = "The export was interrupted: export again"
+        state.resumable = False
+    elif final == protocol.DONE:
         state.state = 'done'
         if calibration:
             state.message = state.message or "Calibrated"

@@ -67,6 +67,7 @@ LOG_FILE = "engine.log"  # stderr of the engine, kept by the add-on
 CURVES_FILE = "curves.png"  # loss and PSNR against iteration, redrawn at each checkpoint
 TEXTURED_MESH_STEM = "mesh_textured"  # in MESHES_DIR: mesh_textured.glb, or .obj + .mtl + .png, or .ply
                                       # (decimated, vertex colours); a dynamic frame's frame_000123_textured.*
+FRAME_TEXTURED_STEM = "frame_{:06d}_textured"  # a dynamic frame's export, in MESHES_DIR (+ .glb, .obj, ...)
 USD_SEQUENCE_FILE = "sequence.usdc"  # a dynamic job's frames as one USD file of time-sampled meshes
 DATASET_DIR = "dataset"  # in a job trained from photographs: the calibrated dataset (`calibrate`'s --out)
 

@@ -231,7 +231,11 @@ class Trainer:
         self.emit_train_stage()
         self.train_until(tc.iterations)
         self.save_checkpoint()
-        return self.extract()
+        outputs = self.extract()
+        if self.cfg.export.faces > 0:  # the textured mesh too (train --export-faces N)
+            from ..export.run import export_trained
+            outputs.update(export_trained(self))
+        return outputs
 
     def emit_train_stage(self):
         n = self.data.normalization
@@ -288,19 +292,20 @@ class Trainer:
         center, half = (lo + hi) / 2, float((hi - lo).max() / 2)
         return center - half, center + half
 
-    def mesh(self, resolution):
-        """The surface in WORLD coordinates with vertex colours (the normal as viewing direction)."""
+    def mesh(self, resolution, check=None, colors=True):
+        """The surface in WORLD coordinates with vertex colours (the normal as viewing direction; None
+        when `colors` is off). `check()` runs between chunks (default: stop_if_cancelled)."""
         self.model.sdf.grid.set_active_levels(self.cfg.encoding.levels)
         region = self.grid.region
 
         def inside(points):
             return region[self.grid.index(points.to(self.device))].cpu()
 
-        vertices, faces = extract_mesh(self.sdf_fn, resolution, self.region_bounds(),
-                                       block=self.cfg.mesh.block, inside_fn=inside, check=self.stop_if_cancelled)
+        vertices, faces = extract_mesh(self.sdf_fn, resolution, self.region_bounds(), block=self.cfg.mesh.block,
+                                       inside_fn=inside, check=check or self.stop_if_cancelled)
         if self.cfg.mesh.largest_component and len(faces):
             vertices, faces = largest_component(vertices, faces)
-        colors = self.vertex_colors(vertices) if len(vertices) else None
+        colors = self.vertex_colors(vertices) if len(vertices) and colors else None
         return self.data.normalization.to_world(vertices), faces, colors
 
     @torch.no_grad()

@@ -20,11 +20,15 @@ SOURCE_PACKAGE = "marble_source"  # the repository's add-on, imported without Bl
 # The add-on's modules the tests use, by their name in the `marble` fixture.
 MODULES = {"jobs": "addon.jobs", "rig": "addon.build.rig", "mesh": "addon.build.mesh",
            "region": "addon.build.region", "sequence": "addon.build.sequence", "blocks": "addon.build.blocks",
+           "sequence_cache": "addon.build.sequence_cache",
+           "textured": "addon.build.textured",
            "camera_math": "addon.camera_math", "export": "addon.export", "preferences": "addon.preferences",
-           "engine_python": "addon.engine_python", "sequence_io": "engine.io.sequence"}
+           "engine_python": "addon.engine_python", "engine_install": "addon.engine_install",
+           "sequence_io": "engine.io.sequence"}
 PACKAGE = "bl_ext.user_default.marble"
 # The preferences the tests set, put back after each test.
-PREFERENCES = ("python", "job_root", "default_preset", "default_device", "preview_every")
+PREFERENCES = ("python", "job_root", "default_preset", "default_device", "preview_every", "wheel_folder",
+               "install_python")
 
 
 # ---------------------------------------------------------------------------------------------

@@ -417,9 +417,8 @@ def test_save_reload_resume_and_restore(dynamic_engine, tmp_path):
     scene = bpy.context.scene
     assert (scene.frame_start, scene.frame_end) == (2, 5)
     check_visibility(sequence_collection(), [2, 3, 5])
-    # The Results panel's Import Sequence opens on the job's sequence.json, and imports it.
-    panel = sys.modules[dynamic_engine.package + ".ui.panel"]
-    assert panel.job_sequence(bpy.context) == sequence
+    # The Results panel's Import Sequence opens its file browser on the job's sequence.json, and imports it.
+    assert bpy.types.MARBLE_OT_import_sequence.start_file(None, bpy.context) == sequence
     assert bpy.ops.marble.import_sequence(filepath=sequence) == {'FINISHED'}
     check_visibility(bpy.data.collections["job"], [2, 3, 5])
 

@@ -10,7 +10,8 @@ from engine import config
 from tools.env import venv_python
 
 OPERATORS = ("MARBLE_OT_import_rig", "MARBLE_OT_export_rig", "MARBLE_OT_cancel_export", "MARBLE_OT_train",
-             "MARBLE_OT_cancel", "MARBLE_OT_import_mesh")
+             "MARBLE_OT_cancel", "MARBLE_OT_import_mesh", "MARBLE_OT_export_textured",
+             "MARBLE_OT_export_sequence_usd")
 
 
 def test_extension_registers(marble):
@@ -36,6 +37,9 @@ def test_extension_registers(marble):
     settings = bpy.context.scene.marble
     assert (settings.rig_path, settings.preset, settings.iterations, settings.resolution,
             settings.device, settings.use_masks, settings.job_dir) == ("", 'default', 0, 256, 'default', True, "")
+    assert (settings.export_faces, settings.export_texture) == (50000, '2048')
+    assert [item.identifier for item in settings.bl_rna.properties["export_texture"].enum_items] == [
+        '512', '1024', '2048', '4096']
     # 'default' means the preferences' choice.
     assert (marble.prefs.default_preset, marble.prefs.default_device, marble.prefs.preview_every) == ('cpu', 'auto', 100)
     for name in ("MARBLE_PT_rig", "MARBLE_PT_train", "MARBLE_PT_job", "MARBLE_PT_results"):

@@ -10,6 +10,7 @@ import sys
 
 import pytest
 
+from engine import pins
 from tools import REPO, env, sandbox, shared_data
 
 
@@ -29,10 +30,14 @@ def test_standard_library_only():
     # also reaches bench.registry (its own test checks that the registry's modules are stdlib-only).
     stdlib = set(sys.stdlib_module_names)
     own = {"build": {"tools", "bench"}, "tools": {"tools"}}
+    # The one exception: engine/pins.py, the pins' one place (standard library data, which
+    # tests/io/test_io_imports.py checks with the modules Blender's Python imports).
     for path in [os.path.join(REPO, "build.py")] + sorted(glob.glob(os.path.join(REPO, "tools", "*.py"))):
         allowed = own["build" if path.endswith("build.py") else "tools"]
-        imported = {name.split(".")[0] for name in imported_modules(path)}
+        imported = {name.split(".")[0] for name in imported_modules(path) if name != "engine.pins"}
         assert imported <= stdlib | allowed, (path, imported - stdlib - allowed)
+    imported = {name.split(".")[0] for name in imported_modules(os.path.join(REPO, "engine", "pins.py"))}
+    assert imported <= stdlib, imported - stdlib
 
 
 def test_build_py_only_dispatches():
@@ -56,11 +61,22 @@ def test_pins_in_one_place():
     assert env.PINS["torch"] == "2.13.0" and env.PINS["bpy"] == "5.0.1"
     assert int(env.PINS["numpy"].split(".")[0]) < 2  # bpy 5.0 needs numpy < 2
     assert env.requirements() == [f"{k}=={v}" for k, v in env.PINS.items()]
-    # No other version numbers of these packages anywhere in the build tools.
+    # The .venv gets the engine's pins (what Install Engine puts in the user's environment) and the
+    # developer's; the engine's own environment needs neither Blender nor pytest.
+    assert env.PINS == {**pins.ENGINE_PINS, **pins.DEVELOPER_PINS}
+    assert not {"bpy", "pytest", "hypothesis"} & set(pins.ENGINE_PINS)
+    assert {"torch", "numpy", "PyMCubes", "pillow", "triton"} <= set(pins.ENGINE_PINS)
+    triton = f"triton=={pins.ENGINE_PINS['triton']}"
+    assert triton in pins.requirements(pins.ENGINE_PINS, platform="linux")
+    assert triton not in pins.requirements(pins.ENGINE_PINS, platform="win32")
+    # Each version written once, in engine/pins.py; none in the build tools or the add-on.
+    with open(os.path.join(REPO, "engine", "pins.py"), encoding="utf-8") as f:
+        pins_text = f.read()
     text = "".join(open(path, encoding="utf-8").read()
-                   for path in [os.path.join(REPO, "build.py")] + glob.glob(os.path.join(REPO, "tools", "*.py")))
+                   for path in [os.path.join(REPO, "build.py")] + glob.glob(os.path.join(REPO, "tools", "*.py"))
+                   + glob.glob(os.path.join(REPO, "addon", "*.py")))
     for version in env.PINS.values():
-        assert text.count(f'"{version}"') == 1, version
+        assert pins_text.count(f'"{version}"') == 1 and text.count(f'"{version}"') == 0, version
     # The stamp changes with the pins, the Python and the torch variant.
     base = env._stamp("3.11.7", "cpu")
     assert base == env._stamp("3.11.7", "cpu")

@@ -231,7 +231,7 @@ def test_every_number_of_the_configuration_has_a_range():
     import dataclasses
     cfg = preset("cpu")
     numbers = {f"{section}.{f.name}" for section in ("encoding", "network", "render", "train", "mesh", "data",
-                                                      "dynamic")
+                                                      "dynamic", "export")
                for f in dataclasses.fields(getattr(cfg, section))
                if type(getattr(getattr(cfg, section), f.name)) in (int, float)}
     assert numbers - set(RANGES) == set()

@@ -1,6 +1,7 @@
 """engine/io is what Blender's Python imports: every module there (and engine.config, the add-on's
-source of presets and ranges) must load with the standard library and numpy alone. Each import runs
-in a fresh Python in which torch, bpy and the rest of the engine's heavy packages cannot be imported."""
+source of presets and ranges, and engine.pins, what Install Engine installs) must load with the
+standard library and numpy alone. Each import runs in a fresh Python in which torch, bpy and the rest
+of the engine's heavy packages cannot be imported."""
 import json
 import os
 import pkgutil
@@ -29,7 +30,7 @@ print(json.dumps(sorted(m for m in sys.modules if m.split(".")[0] in FORBIDDEN))
 
 def io_modules():
     import engine.io
-    names = ["engine.io", "engine.config"]
+    names = ["engine.io", "engine.config", "engine.pins"]
     for info in pkgutil.walk_packages(engine.io.__path__, "engine.io."):
         names.append(info.name)
     return names

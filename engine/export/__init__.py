@@ -1,0 +1,1 @@
+"""Exports of a job's results: textured meshes (glTF, OBJ), decimated PLY, USD sequences."""
