@@ -14,7 +14,8 @@ import sys
 
 from tools import REPO, log
 
-NAMES = ("demo", "rigs", "jobs", "quality", "dynamic", "sequence", "speed", "compile", "contention", "calibrate")
+NAMES = ("demo", "rigs", "jobs", "quality", "dynamic", "sequence", "speed", "compile", "contention", "calibrate",
+         "texture")
 BENCH_DIR = os.path.dirname(os.path.abspath(__file__))
 BENCHMARKS_DOC = os.path.join(REPO, "docs", "benchmarks.md")
 BENCHMARKS_HEADER = ("# Benchmarks\n\nWritten by `python3 build.py bench [NAMES]`: one section per benchmark, "
@@ -99,13 +100,15 @@ def _comma_list(text):
 def parser():
     from bench.quality import QUALITY_SCENES
     from bench.speed_rows import PARTS
+    from bench.texture import DEFAULT_FACES, DEFAULT_SCENES, DEFAULT_TEXTURE, TEXTURE_SCENES
     result = argparse.ArgumentParser(prog="build.py bench", description="Run benchmarks; update docs/benchmarks.md.")
     result.add_argument("names", nargs="*", help=f"benchmarks to run (default all: {', '.join(BENCHMARKS)})")
     result.add_argument("--iterations", type=int, default=0, help="training iterations (0: the preset's own)")
     result.add_argument("--no-write", action="store_true", help="print the table only")
     quality = result.add_argument_group("quality")
     quality.add_argument("--scenes", type=_comma_list,
-                         help=f"comma-separated scenes (default all: {','.join(QUALITY_SCENES)})")
+                         help=f"comma-separated scenes (quality: default all of {','.join(QUALITY_SCENES)}; "
+                              f"texture: of {','.join(TEXTURE_SCENES)}, default {','.join(DEFAULT_SCENES)})")
     quality.add_argument("--preset", default="cpu", help="engine preset (default cpu)")
     quality.add_argument("--views", type=int, default=64, help="views of a synthetic scene (default 64)")
     quality.add_argument("--size", type=int, help="image size of a synthetic scene (default: quality 200, dynamic 128)")
@@ -116,6 +119,13 @@ def parser():
     dynamic.add_argument("--frames", type=int, default=8, help="frames of the dynamic scene (default 8)")
     dynamic.add_argument("--cameras", type=int, default=20, help="cameras of the dynamic scene (default 20)")
     dynamic.add_argument("--resolution", type=int, default=128, help="marching cubes resolution per frame (default 128)")
+    texture = result.add_argument_group("texture")
+    texture.add_argument("--faces", type=int, default=DEFAULT_FACES,
+                         help=f"faces of the decimated and the textured export (default {DEFAULT_FACES})")
+    texture.add_argument("--texture", type=int, default=DEFAULT_TEXTURE,
+                         help=f"texture size in pixels of the textured export (default {DEFAULT_TEXTURE})")
+    texture.add_argument("--retrain", action="store_true",
+                         help="train the job again even when a finished one with the same settings is there")
     speed = result.add_argument_group("speed")
     speed.add_argument("--parts", type=_comma_list, help=f"of {','.join(PARTS)} (default: encoding,train; all on CUDA)")
     speed.add_argument("--backends", type=_comma_list, help="encoding backends (default: every one usable here)")

@@ -13,7 +13,7 @@ from bench import registry
 from bench.machine import machine_info
 
 # What runs only in the .venv or on a GPU machine (numpy, torch or bpy at module level is fine there).
-VENV_ONLY = {"meshes", "dynamic_eval", "speed_probe", "pose_compare"}
+VENV_ONLY = {"meshes", "dynamic_eval", "speed_probe", "pose_compare", "texture_measure", "texture_scene"}
 
 
 def top_level_imports(path):
@@ -29,7 +29,7 @@ def top_level_imports(path):
 
 def test_the_registry_knows_each_benchmark_module_and_its_description():
     assert list(registry.BENCHMARKS) == ["demo", "rigs", "jobs", "quality", "dynamic", "sequence", "speed", "compile",
-                                         "contention", "calibrate"]
+                                         "contention", "calibrate", "texture"]
     for name, spec in registry.BENCHMARKS.items():
         assert os.path.isfile(os.path.join(REPO, "bench", f"{name}.py")), name
         assert os.path.isfile(os.path.join(REPO, "bench", f"{name}.md")), name
@@ -69,7 +69,8 @@ def test_docs_benchmarks_md_is_reproduced_section_by_section():
     assert text.startswith(registry.BENCHMARKS_HEADER.rstrip("\n"))
     sections = re.split(r"(?m)^(?=## )", text)[1:]
     assert [s.splitlines()[0][3:].split(":")[0] for s in sections] == [
-        "demo", "rigs", "quality", "jobs", "dynamic", "sequence", "speed", "compile", "contention", "calibrate"]
+        "demo", "rigs", "quality", "jobs", "dynamic", "sequence", "speed", "compile", "contention", "calibrate",
+        "texture"]
     for section in sections:
         name = section.splitlines()[0][3:].split(":")[0]
         rows = registry.parse_table(section.splitlines())
