@@ -24,6 +24,9 @@ SPEC = {
                 "mask IoU", "mesh"],
     "key": ["scene", "cpu", "cores", "device", "backend", "preset", "iterations", "settings", "views", "size px"],
 }
+# The synthetic scenes: their mesh in the shared data's meshes/ folder (bench.meshes.MESHES has the same
+# names with numpy at its top level, which the build tools' side cannot import).
+SYNTHETIC_FILES = {"armadillo": "armadillo.obj", "spot": "spot.obj", "bunny": "stanford-bunny.obj"}
 QUALITY_SCENES = ("armadillo", "spot", "bunny", "dtu", "fox", "dtu-calibrated", "fox-calibrated")
 QUALITY_OUT = os.path.join(OUT, "quality")
 DOCS = os.path.join(REPO, "docs")
@@ -98,7 +101,7 @@ def settings_suffix(options):
     return "_" + re.sub(r"[^A-Za-z0-9=_-]+", "-", tag).replace("=", "-")
 
 
-def _dataset_matches(folder, views, size, samples, source):
+def dataset_matches(folder, views, size, samples, source):
     try:
         with open(os.path.join(folder, "scene.json"), encoding="utf-8") as f:
             info = json.load(f)
@@ -111,13 +114,13 @@ def _dataset_matches(folder, views, size, samples, source):
 
 
 def _synthetic(python, scene, data_dir, options, env, machine, image_dir):
-    from_file = {"armadillo": "armadillo.obj", "spot": "spot.obj", "bunny": "stanford-bunny.obj"}[scene]
+    from_file = SYNTHETIC_FILES[scene]
     source = os.path.join(data_dir, "meshes", from_file)
     if not os.path.isfile(source):
         raise BuildError(f"{scene}: {source} is missing")
     folder = os.path.join(QUALITY_OUT, scene)
     dataset = os.path.join(folder, "data")
-    if _dataset_matches(dataset, options.views, options.size, options.samples, source):
+    if dataset_matches(dataset, options.views, options.size, options.samples, source):
         log("bench", f"{scene}: reusing the rendered dataset {os.path.relpath(dataset, REPO)}")
     else:
         log("bench", f"{scene}: rendering {options.views} views at {options.size}x{options.size} px "
