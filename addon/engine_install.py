@@ -3,7 +3,7 @@
 (Blender's own, or one the user chooses). No bpy: the preferences run it on a thread; tests run it
 directly.
 
-The environment is built in a temporary sibling of the target (`<target>.installing-XXXX`) with
+The environment is built in a temporary sibling of the target (`<target>.installing-<random suffix>`) with
 `python -m venv` and `python -m pip install`, then renamed into place (an older environment is renamed
 away first and removed after). A failure or a cancel removes the temporary folder and leaves the
 previous environment as it was. The venv's interpreter is a link to (or a copy of) its base Python and

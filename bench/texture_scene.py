@@ -11,6 +11,7 @@ import os
 import numpy as np
 
 from bench.meshes import srgb_to_linear
+from demo.scene import plain_colour_output, render_still
 from engine.io.ply import read_triangles
 from engine.io.rig import OPENGL_TO_OPENCV
 
@@ -158,14 +159,7 @@ def configure_render(scene, width, height, samples, filter_width):
     cycles.seed = 0
     cycles.max_bounces = 0  # emission seen directly: no light paths to follow
     cycles.filter_width = float(filter_width)
-    for layer in scene.view_layers:
-        if hasattr(layer, "cycles"):
-            layer.cycles.use_denoising = False
-    scene.view_settings.view_transform = "Standard"
-    scene.view_settings.look = "None"
-    scene.view_settings.exposure = 0.0
-    scene.view_settings.gamma = 1.0
-    scene.display_settings.display_device = "sRGB"
+    plain_colour_output(scene)
 
 
 def add_camera(scene):
@@ -198,7 +192,6 @@ def place_camera(scene, camera, view, samples=16, filter_width=0.5):
 def render_views(scene, views, out_dir, prefix, samples=16, filter_width=0.5):
     """Render `scene` from each rig view's camera into OUT_DIR/PREFIX_<view name>.png; returns the
     paths."""
-    from demo.scene import render_still
 
     os.makedirs(out_dir, exist_ok=True)
     camera = add_camera(scene)

@@ -165,6 +165,12 @@ def _configure_render(scene, width, height, samples):
     cycles.transmission_bounces = 0
     cycles.volume_bounces = 0
     cycles.transparent_max_bounces = 2
+    plain_colour_output(scene)
+
+
+def plain_colour_output(scene):
+    """No denoising and Standard colour management (no look, exposure or gamma): a pixel holds the
+    shaded colour as it is (benchmarks that compare renders with photographs rely on it too)."""
     for layer in scene.view_layers:
         if hasattr(layer, "cycles"):
             layer.cycles.use_denoising = False

@@ -144,13 +144,18 @@ def run_calibrate(args, out):
         outputs = calibrate(args.images, args.out, out, options, every=args.every, overwrite=args.overwrite,
                             cancel=cancel.requested)
     except Cancelled:
-        out.log("calibration cancelled; nothing was written")
-        out.emit(protocol.CANCELLED, checkpoint=None, iteration=None)
-        return protocol.EXIT_CANCELLED
+        return cancelled_without_output(out, "calibration")
     finally:
         cancel.restore()
     out.emit(protocol.DONE, outputs=outputs)
     return protocol.EXIT_OK
+
+
+def cancelled_without_output(out, what):
+    """The end of a command cancelled before it wrote anything (calibrate, export): no checkpoint."""
+    out.log(f"{what} cancelled; nothing was written")
+    out.emit(protocol.CANCELLED, checkpoint=None, iteration=None)
+    return protocol.EXIT_CANCELLED
 
 
 def calibrate_into_job(args, out, cancel):
@@ -340,9 +345,7 @@ def run_export(args, out):
                 raise InputError(f"{args.job}: a static job has one mesh; {what} is for dynamic jobs")
             outputs = export_static(load_job(args.job, out), out, options, check)
     except ExportCancelled:
-        out.log("export cancelled; nothing was written")
-        out.emit(protocol.CANCELLED, checkpoint=None, iteration=None)
-        return protocol.EXIT_CANCELLED
+        return cancelled_without_output(out, "export")
     finally:
         cancel.restore()
     out.emit(protocol.DONE, outputs=outputs)
