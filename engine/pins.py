@@ -23,6 +23,7 @@ ENGINE_PINS = {
     "fast-simplification": "0.2.0",  # quadric decimation of the extracted surface (engine export)
     "xatlas": "0.0.11",     # UV unwrapping for the baked texture (engine export)
     "usd-core": "26.11",    # a dynamic job as one USD file of time-sampled meshes (engine export)
+    "numba": "0.68.1",      # the CPU kernels of the hash encoding (engine/nn/hashgrid_numba.py); brings llvmlite
     "triton": "3.7.1",      # the GPU kernels' compiler (the version torch 2.13's CUDA build pins); on the CPU
                             # its interpreter runs the kernels for the tests (TRITON_INTERPRET=1)
 }

@@ -102,7 +102,7 @@ def sample_colors(model, features, normals, dirs, views=None):
     return model.color(features, normals, dirs, views)
 
 
-def _inference_samples(model, x, d, step, inv_s, cos_anneal, eps, sdf=None, views=None):
+def _inference_samples(model, x, d, step, inv_s, cos_anneal, eps, sdf=None, views=None, taps=6):
     """Rendering without gradients: the SDF everywhere, but normals (6 more taps) and colour only
     where the logistic density is not saturated. Elsewhere NeuS's opacity is 0 outside the surface
     and 1 inside it whatever the normal, and the colour there carries no weight. `sdf`: the values
@@ -115,7 +115,7 @@ def _inference_samples(model, x, d, step, inv_s, cos_anneal, eps, sdf=None, view
     grad = torch.zeros_like(x)
     rgb = torch.zeros_like(x)
     if near.numel():
-        s, g, feat, _ = model.sdf.with_gradient(x[near], eps)
+        s, g, feat, _ = model.sdf.with_gradient(x[near], eps, taps=taps)
         normals = g / g.norm(dim=-1, keepdim=True).clamp_min(1e-6)
         rgb[near] = sample_colors(model, feat, normals, d[near], None if views is None else views[near])
         alpha[near] = neus_alpha(s, (d[near] * g).sum(-1), step[near], inv_s, cos_anneal)
@@ -230,18 +230,21 @@ def hierarchical_samples(sdf_fn, origins, dirs, near, far, coarse, fine, rounds,
 
     sdf = sdf_at(t)
     per_round = [fine // rounds + (1 if r < fine % rounds else 0) for r in range(rounds)]
+    last = max((r for r, count in enumerate(per_round) if count), default=-1)
     for r, count in enumerate(per_round):
         if count == 0:
             continue
         new_t = sample_pdf(t, segment_weights(sdf, t, 64.0 * 2 ** r), count)
         t, order = torch.sort(torch.cat([t, new_t], 1), 1)
-        sdf = torch.cat([sdf, sdf_at(new_t)], 1).gather(1, order)
+        if r < last:  # the last round's samples are placed, not weighed: their SDF is the caller's to evaluate
+            sdf = torch.cat([sdf, sdf_at(new_t)], 1).gather(1, order)
     return t
 
 
 def render_rays(model, grid, origins, dirs, samples, cos_anneal, eps, gradient="numerical",
                 curvature=False, jitter=True, generator=None, background=0.0, sampler="occupancy",
-                fine_samples=64, up_sample_rounds=4, early_stop=0.0, skip_alpha=0.0, views=None):
+                fine_samples=64, up_sample_rounds=4, early_stop=0.0, skip_alpha=0.0, views=None, taps=6,
+                world_rays=None):
     """Colour, opacity and per-sample terms of a batch of rays.
 
     sampler "occupancy": `samples` fixed steps per ray, evaluated where the grid is occupied; with
@@ -253,7 +256,10 @@ def render_rays(model, grid, origins, dirs, samples, cos_anneal, eps, gradient="
     grey `background`), opacity (R,) of the surface alone, grad (M, 3) and laplacian (M,) or None at the
     M evaluated samples, `evaluated` (M) and `candidates` (samples in occupied cells, M or more).
     `views` (R,): each ray's training view, for the colour network's appearance embedding; None (a
-    view that is not a training view): the mean appearance.
+    view that is not a training view): the mean appearance. `taps`: the numerical gradient's (6 or 4).
+    `world_rays`: (origins, directions) of the same rays where the background lives, when the rays given
+    are moved into the object's frame (a dynamic frame's motion): the background NeRF sees the world,
+    which does not move with the object. None: the rays given.
     """
     rays, device = origins.shape[0], origins.device
     near, far, hit = sphere_chord(origins, dirs)
@@ -267,9 +273,11 @@ def render_rays(model, grid, origins, dirs, samples, cos_anneal, eps, gradient="
         occupied = grid.region
     elif sampler == "occupancy":
         chord_step = torch.where(hit, (far - near) / samples, torch.zeros_like(near))
-        # The generator lives on the CPU so that runs are reproducible on any device.
-        offset = (torch.rand(rays, samples, generator=generator).to(device) if jitter
-                  else torch.full((rays, samples), 0.5, device=device))
+        # One random offset per ray shifts all its evenly spaced samples (NeuS, instant-ngp), so that each
+        # sample's segment is what the constant step says. The generator lives on the CPU so that runs
+        # are reproducible on any device.
+        offset = (torch.rand(rays, 1, generator=generator).to(device) if jitter
+                  else torch.full((rays, 1), 0.5, device=device))
         t = near[:, None] + (torch.arange(samples, dtype=torch.float32, device=device)[None] + offset) \
             * chord_step[:, None]
         step = chord_step[:, None].expand_as(t)
@@ -296,12 +304,13 @@ def render_rays(model, grid, origins, dirs, samples, cos_anneal, eps, gradient="
     seg = step.reshape(-1)[flat]
     sample_views = None if views is None else views[ray_of]
     if torch.is_grad_enabled():
-        sdf, grad, feat, lap = model.sdf.with_gradient(x, eps, gradient, curvature)
+        sdf, grad, feat, lap = model.sdf.with_gradient(x, eps, gradient, curvature, taps)
         normals = grad / grad.norm(dim=-1, keepdim=True).clamp_min(1e-6)
         rgb = sample_colors(model, feat, normals, d, sample_views)
         alpha = neus_alpha(sdf, (d * grad).sum(-1), seg, inv_s, cos_anneal)
     else:
-        sdf, grad, rgb, alpha, lap = _inference_samples(model, x, d, seg, inv_s, cos_anneal, eps, sdf, sample_views)
+        sdf, grad, rgb, alpha, lap = _inference_samples(model, x, d, seg, inv_s, cos_anneal, eps, sdf, sample_views,
+                                                        taps)
     alpha_full = torch.zeros(rays * count, dtype=alpha.dtype, device=device).index_put((flat,), alpha)
     alpha_full = alpha_full.view(rays, count)
     transmittance = torch.cumprod(torch.cat([torch.ones(rays, 1, device=device), 1.0 - alpha_full + 1e-7], 1),
@@ -310,9 +319,11 @@ def render_rays(model, grid, origins, dirs, samples, cos_anneal, eps, gradient="
     color = torch.zeros(rays, 3, device=device).index_add(0, ray_of, weights[:, None] * rgb)
     opacity = torch.zeros(rays, device=device).index_add(0, ray_of, weights)
     if getattr(model, "background", None) is not None:
-        # Beyond the sphere (or, for rays that miss it, beyond their closest approach to the centre).
+        # Beyond the sphere (or, for rays that miss it, beyond their closest approach to the centre):
+        # distances along a ray are the same in both frames (the motion is rigid).
         t_start = torch.where(hit, far, (-(origins * dirs).sum(-1)).clamp_min(0.0))
-        behind = model.background(origins, dirs, t_start, jitter, generator)
+        world_origins, world_dirs = (origins, dirs) if world_rays is None else world_rays
+        behind = model.background(world_origins, world_dirs, t_start, jitter, generator)
     else:
         behind = torch.full_like(color, float(background))
     color = color + (1.0 - opacity[:, None]) * behind

@@ -11,7 +11,8 @@ from tools import REPO
 
 SANDBOX_DIRS = {"HOME": "home", "XDG_CACHE_HOME": "cache", "XDG_CONFIG_HOME": "config",
                 "XDG_DATA_HOME": "data", "BLENDER_USER_RESOURCES": "blender",
-                "TORCHINDUCTOR_CACHE_DIR": "inductor", "HYPOTHESIS_STORAGE_DIRECTORY": "hypothesis"}
+                "TORCHINDUCTOR_CACHE_DIR": "inductor", "HYPOTHESIS_STORAGE_DIRECTORY": "hypothesis",
+                "NUMBA_CACHE_DIR": "numba"}
 
 
 def isolated_env(folder, base=None):

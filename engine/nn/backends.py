@@ -1,6 +1,7 @@
 """Which implementation of the hash-grid encoding runs: `tcnn` (tiny-cuda-nn's fused CUDA, when its
-Python module imports), `triton` (engine/nn/hashgrid_triton.py, on CUDA GPUs), `torch` (the reference,
-everywhere). `auto` takes the first of these that this Python and device can run.
+Python module imports), `triton` (engine/nn/hashgrid_triton.py, on CUDA GPUs), `numba`
+(engine/nn/hashgrid_numba.py, compiled for the CPU when Numba imports: no compiler needed), `torch` (the
+reference, everywhere). `auto` takes the first of these that this Python and device can run.
 
 Triton kernels also run on CPU tensors under Triton's interpreter (TRITON_INTERPRET=1), slowly: that is
 how they are tested without a GPU. `auto` never picks that; `--backend triton` with the variable set does.
@@ -11,7 +12,7 @@ import os
 
 from ..config import InputError
 
-ORDER = ("tcnn", "triton", "torch")
+ORDER = ("tcnn", "triton", "numba", "torch")
 
 
 def _importable(module):
@@ -35,6 +36,12 @@ def why_unusable(name, device, features=2):
             return "tiny-cuda-nn runs on CUDA GPUs only"
         if not _importable("tinycudann"):
             return "the tinycudann module does not import in this Python (it is built from source, not on PyPI)"
+        return None
+    if name == "numba":
+        if device != "cpu":
+            return "the numba kernels run on the CPU (a GPU runs triton or tcnn)"
+        if not _importable("numba"):
+            return "the numba package does not import in this Python"
         return None
     if name == "triton":
         if features & (features - 1):

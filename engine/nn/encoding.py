@@ -1,10 +1,12 @@
 """Multi-resolution hash encoding (instant-ngp): one module, three backends (engine.nn.backends).
 
 `torch` is the reference and runs everywhere; `triton` runs engine/nn/hashgrid_triton.py's fused kernels
-on the same table (so a checkpoint moves freely between the two); `tcnn` hands the encoding to
+on the same table on a GPU, `numba` engine/nn/hashgrid_numba.py's compiled kernels on the CPU (so a
+checkpoint moves freely between the three); `tcnn` hands the encoding to
 tiny-cuda-nn's HashGrid, which owns its own parameters and lattice alignment.
 
-Level l has resolution N_l = floor(base * b**l) with b chosen so the last level reaches `finest`.
+Level l has resolution N_l = floor(base * b**l) with b chosen so the last level reaches `finest` (exactly:
+the floor forgives the rounding error of b**l, which would make 2048 come out as 2047).
 A point u in [0,1]^3 sits at u * N_l in level l's lattice; its 8 surrounding vertices are looked up
 in that level's table (directly when (N_l+1)^3 fits in the table, else through the spatial hash
 xor(x*1, y*2654435761, z*805459861) mod T) and blended trilinearly. Inactive levels (progressive
@@ -20,13 +22,18 @@ from ..config import HashGridConfig
 PRIMES = (1, 2654435761, 805459861)
 # The central-difference taps, in the order the rows of encode_taps (and central_differences) follow.
 TAP_OFFSETS = ((1, 0, 0), (-1, 0, 0), (0, 1, 0), (0, -1, 0), (0, 0, 1), (0, 0, -1))
+# Neuralangelo's 4 tetrahedral taps: the corners of a regular tetrahedron, at distance eps from the point
+# (each coordinate +-eps/sqrt(3)); they sum to zero and their outer products to 4/3 I.
+TETRAHEDRAL_OFFSETS = tuple(tuple(c / math.sqrt(3.0) for c in corner)
+                            for corner in ((1, -1, -1), (-1, -1, 1), (-1, 1, -1), (1, 1, 1)))
+OFFSETS = {6: TAP_OFFSETS, 4: TETRAHEDRAL_OFFSETS}
 
 
 def level_resolutions(cfg):
     if cfg.levels == 1:
         return [cfg.base_resolution]
     growth = math.exp((math.log(cfg.finest_resolution) - math.log(cfg.base_resolution)) / (cfg.levels - 1))
-    return [int(math.floor(cfg.base_resolution * growth ** level)) for level in range(cfg.levels)]
+    return [int(math.floor(cfg.base_resolution * growth ** level * (1.0 + 1e-9))) for level in range(cfg.levels)]
 
 
 class HashGrid(torch.nn.Module):
@@ -62,9 +69,9 @@ class HashGrid(torch.nn.Module):
     # -- backends ------------------------------------------------------------------------------
     def set_backend(self, name, half_table=False):
         """Run the encoding with `name` (torch | triton | tcnn; see engine.nn.backends), after the grid
-        is on its device. half_table: Triton reads a float16 copy of the tables (refreshed whenever
+        is on its device (numba: the CPU). half_table: Triton reads a float16 copy of the tables (refreshed whenever
         the optimiser changes them). tcnn replaces the table by tiny-cuda-nn's own parameters."""
-        if name not in ("torch", "triton", "tcnn"):
+        if name not in ("torch", "triton", "numba", "tcnn"):
             raise ValueError(f"unknown encoding backend {name!r}")
         self.backend, self.half_table = name, bool(half_table) and name == "triton"
         self._layout = None
@@ -139,15 +146,25 @@ class HashGrid(torch.nn.Module):
             return self._tcnn(u)
         if self.backend == "triton" and not self._reference_only:
             return self._triton(u, 0.0, 1)
+        if self.backend == "numba" and not self._reference_only:
+            return self._numba(u, torch.zeros(1, 3))
         return self.torch_forward(u)
 
-    def encode_taps(self, u, eps):
-        """(7N, levels * features): the encoding at u, then at its 6 central-difference taps u + eps o
-        for o in TAP_OFFSETS (eps in the grid's [0, 1] units), tap-major. Triton does it in one launch."""
-        if self.backend == "triton" and not self._reference_only:
+    def _numba(self, u, offsets):
+        from .hashgrid_numba import encode
+        return encode(self, u, offsets)
+
+    def encode_taps(self, u, eps, taps=6):
+        """((taps + 1) N, levels * features): the encoding at u, then at its taps u + eps o for o in
+        OFFSETS[taps] (6: TAP_OFFSETS, 4: TETRAHEDRAL_OFFSETS; eps in the grid's [0, 1] units), tap-major.
+        Triton does the 6 axis taps in one launch of its own."""
+        if taps == 6 and self.backend == "triton" and not self._reference_only:
             return self._triton(u, eps, 7)
-        taps = u[None] + eps * torch.tensor(TAP_OFFSETS, dtype=u.dtype, device=u.device)[:, None, :]
-        return self(torch.cat([u, taps.reshape(-1, 3)], 0))
+        offsets = eps * torch.tensor(OFFSETS[taps], dtype=torch.float32)
+        if self.backend == "numba" and not self._reference_only:  # the taps are made inside the kernel
+            return self._numba(u, torch.cat([torch.zeros(1, 3), offsets]))
+        points = u[None] + offsets.to(u)[:, None, :]
+        return self(torch.cat([u, points.reshape(-1, 3)], 0))
 
     def _tcnn(self, u):
         # tiny-cuda-nn has no notion of progressive levels: inactive levels are masked out (zero

@@ -113,7 +113,7 @@ def _encode_forward(u_ptr, table_ptr, out_ptr, res_ptr, side_ptr, offset_ptr,
 @triton.jit
 def _encode_backward(u_ptr, table_ptr, grad_out_ptr, grad_table_ptr, grad_u_ptr, res_ptr, side_ptr, offset_ptr,
                      n, n_dense, table_mask, eps, out_stride,
-                     F: tl.constexpr, BLOCK: tl.constexpr, NEED_POSITIONS: tl.constexpr):
+                     F: tl.constexpr, BLOCK: tl.constexpr, NEED_POSITIONS: tl.constexpr, NEED_TABLE: tl.constexpr):
     block = tl.program_id(0)
     level = tl.program_id(1)
     tap = tl.program_id(2)
@@ -143,7 +143,8 @@ def _encode_backward(u_ptr, table_ptr, grad_out_ptr, grad_table_ptr, grad_u_ptr,
         az = _side_weight(wz, (corner >> 2) & 1)
         rows = _corner_rows(ix, iy, iz, corner, side, base, dense, table_mask)
         offsets = rows[:, None] * F + f[None, :]
-        tl.atomic_add(grad_table_ptr + offsets, (ax * ay * az)[:, None] * grad, mask=live[:, None])
+        if NEED_TABLE:
+            tl.atomic_add(grad_table_ptr + offsets, (ax * ay * az)[:, None] * grad, mask=live[:, None])
         if NEED_POSITIONS:
             values = tl.load(table_ptr + offsets, mask=live[:, None], other=0.0).to(tl.float32)
             along = tl.sum(values * grad, axis=1)
@@ -200,17 +201,20 @@ class HashEncode(torch.autograd.Function):
     def backward(ctx, grad_out):
         u, lookup = ctx.saved_tensors
         layout, n = ctx.layout, u.shape[0]
-        need_positions = ctx.needs_input_grad[0]
-        grad_table = torch.zeros(ctx.table_shape, device=u.device, dtype=torch.float32)
+        need_positions, need_table = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
+        # A frozen table (the motion prediction's) gets no gradient: not even the allocation of one.
+        grad_table = torch.zeros(ctx.table_shape, device=u.device, dtype=torch.float32) if need_table else None
         grad_u = torch.zeros_like(u) if need_positions else None
-        if n and ctx.active:
+        if n and ctx.active and (need_table or need_positions):
             grid = (triton.cdiv(n, BLOCK), ctx.active, ctx.taps)
-            _encode_backward[grid](u, lookup, grad_out.contiguous().float(), grad_table,
-                                   grad_u if need_positions else grad_table,
+            # What the kernel does not write through still needs a pointer: the other output's.
+            _encode_backward[grid](u, lookup, grad_out.contiguous().float(),
+                                   grad_table if need_table else grad_u, grad_u if need_positions else grad_table,
                                    layout.resolutions, layout.side, layout.offsets,
                                    n, layout.dense_levels, layout.table_mask, float(ctx.eps),
                                    layout.levels * layout.features,
-                                   F=layout.features, BLOCK=BLOCK, NEED_POSITIONS=need_positions)
+                                   F=layout.features, BLOCK=BLOCK, NEED_POSITIONS=need_positions,
+                                   NEED_TABLE=need_table)
         return grad_u, grad_table, None, None, None, None, None
 
 
@@ -297,7 +301,7 @@ def kernel_signatures(table):
                "eps": "fp32", "out_stride": "i32", "F": "constexpr", "BLOCK": "constexpr"}
     backward = {"u_ptr": "*fp32", "table_ptr": f"*{table}", "grad_out_ptr": "*fp32", "grad_table_ptr": "*fp32",
                 "grad_u_ptr": "*fp32", **_POINTERS, **_INTS, "eps": "fp32", "out_stride": "i32",
-                "F": "constexpr", "BLOCK": "constexpr", "NEED_POSITIONS": "constexpr"}
+                "F": "constexpr", "BLOCK": "constexpr", "NEED_POSITIONS": "constexpr", "NEED_TABLE": "constexpr"}
     sdf = {"x_ptr": "*fp32", "table_ptr": f"*{table}", "w_in_ptr": "*fp32", "b_in_ptr": "*fp32",
            "w_out_ptr": "*fp32", "b_out": "fp32", "out_ptr": "*fp32", **_POINTERS, **_INTS, "active": "i32",
            "F": "constexpr", "HIDDEN": "constexpr", "BLOCK": "constexpr"}

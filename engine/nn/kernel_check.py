@@ -6,11 +6,12 @@ import torch
 from ..config import HashGridConfig
 from . import hashgrid_triton
 from .encoding import HashGrid
+from .triton_aot import BACKWARD_NEEDS
 
 
 def self_check(device, features, sdf_hidden=None, half_table=False):
     """Compile and run the kernels a job on `device` will launch, once, on a tiny grid, against the torch
-    reference: forward (1 and 7 taps), backward with and without position gradients and, given a
+    reference: forward (1 and 7 taps), backward in each of its variants (triton_aot.BACKWARD_NEEDS) and, given a
     one-hidden-layer SDF width, the fused SDF value. Raises (RuntimeError naming the kernel, or
     whatever compiling raised) when one fails or disagrees; returns None when all agree."""
     cfg = HashGridConfig(levels=3, features=features, log2_table=6, base_resolution=2, finest_resolution=9)
@@ -30,17 +31,24 @@ def self_check(device, features, sdf_hidden=None, half_table=False):
         if not error < 1e-3:
             raise RuntimeError(f"Triton kernel {kernel} disagrees with the torch reference (relative error {error:.3g})")
 
-    for need_positions in (False, True):
+    for need_positions, need_table in BACKWARD_NEEDS:
+        for grid in (reference, fused):
+            grid.table.requires_grad_(need_table)  # a frozen table: the motion prediction's
         u_ref, u_fused = u.clone().requires_grad_(need_positions), u.clone().requires_grad_(need_positions)
         out_ref, out_fused = reference.encode_taps(u_ref, 0.01), fused.encode_taps(u_fused, 0.01)
         agree("_encode_forward (7 taps)", out_fused, out_ref)
         weights = torch.randn(out_ref.shape, generator=generator).to(device)
         (out_ref * weights).sum().backward()
         (out_fused * weights).sum().backward()
-        agree("_encode_backward (table)", fused.table.grad, reference.table.grad)
+        if need_table:
+            agree("_encode_backward (table)", fused.table.grad, reference.table.grad)
+        elif fused.table.grad is not None:
+            raise RuntimeError("Triton kernel _encode_backward gave a frozen table a gradient")
         if need_positions:
             agree("_encode_backward (positions)", u_fused.grad, u_ref.grad)
         reference.table.grad = fused.table.grad = None
+    for grid in (reference, fused):
+        grid.table.requires_grad_(True)
     with torch.no_grad():
         agree("_encode_forward", fused(u), reference(u))
         if sdf_hidden and sdf_hidden & (sdf_hidden - 1) == 0:

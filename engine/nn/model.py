@@ -9,12 +9,12 @@ import torch
 from torch import nn
 
 from .background import BackgroundNeRF
-from .encoding import HashGrid
+from .encoding import OFFSETS, HashGrid
 from .precision import reduced_precision
 
-# Numerical gradient taps: central differences along each axis (Neuralangelo).
-TAP_OFFSETS = torch.tensor([[1, 0, 0], [-1, 0, 0], [0, 1, 0], [0, -1, 0], [0, 0, 1], [0, 0, -1]],
-                           dtype=torch.float32)
+# Numerical gradient taps (Neuralangelo), unit offsets: 6 central differences along the axes, or the 4
+# corners of a regular tetrahedron (encoding.OFFSETS, the same order as the encoding's taps).
+TAP_OFFSETS = {count: torch.tensor(offsets, dtype=torch.float32) for count, offsets in OFFSETS.items()}
 
 
 class SDFNetwork(nn.Module):
@@ -70,47 +70,61 @@ class SDFNetwork(nn.Module):
         """Edge, in normalised units, of a cell of the finest active level."""
         return 2.0 / self.grid.resolutions[self.grid.active_levels - 1]
 
-    def with_gradient(self, x, eps, mode="numerical", curvature=False):
+    def with_gradient(self, x, eps, mode="numerical", curvature=False, taps=6):
         """sdf, gradient (N, 3), features, and the Laplacian (or None) at x.
 
-        numerical: central differences with step eps from 6 taps, the Laplacian from the same taps;
-        analytic: autograd with create_graph (double backward through the hash grid).
+        numerical: differences with step eps from `taps` taps (6: central differences along the axes;
+        4: Neuralangelo's tetrahedral taps, 5 SDF evaluations a point instead of 7), the Laplacian from
+        the same taps; analytic: autograd with create_graph (double backward through the hash grid), and
+        no Laplacian: the grid's trilinear interpolation has no second derivative along an axis, so an
+        analytic curvature would see the MLP alone (the trainer says the curvature loss is off).
         """
         if mode == "analytic":
             # The double backward needs the torch encoding (the Triton kernels' backward is not differentiable).
             with torch.enable_grad(), self.grid.reference():
-                x = x.detach().requires_grad_(True)
+                if not x.requires_grad:  # positions that carry a graph (a frame's motion) keep it
+                    x = x.detach().requires_grad_(True)
                 sdf, feat = self(x)
                 grad = torch.autograd.grad(sdf.sum(), x, create_graph=True)[0]
             return sdf, grad, feat, None
-        # The point and its 6 taps encoded together (one kernel launch with the Triton backend).
-        points = torch.cat([x, tap_points(x, eps)], 0)
-        values, extra = self.decode(points, self.grid.encode_taps((x + 1) * 0.5, eps * 0.5))
-        sdf, features, grad, laplacian = differences(values, extra, x.shape[0], eps, curvature)
+        # The point and its taps encoded together (one kernel launch with the Triton backend).
+        points = torch.cat([x, tap_points(x, eps, taps)], 0)
+        values, extra = self.decode(points, self.grid.encode_taps((x + 1) * 0.5, eps * 0.5, taps))
+        sdf, features, grad, laplacian = differences(values, extra, x.shape[0], eps, curvature, taps)
         return sdf, grad, features, laplacian
 
 
-def tap_points(x, eps):
-    """The 6 central-difference taps of each point, tap-major (6N, 3)."""
-    return (x[None] + eps * TAP_OFFSETS.to(x)[:, None, :]).reshape(-1, 3)
+def tap_points(x, eps, taps=6):
+    """The taps of each point at distance eps (`taps`: 6 axis or 4 tetrahedral), tap-major (taps N, 3)."""
+    return (x[None] + eps * TAP_OFFSETS[taps].to(x)[:, None, :]).reshape(-1, 3)
 
 
-def central_differences(fn, x, eps, curvature=False):
-    """Value, extra outputs, gradient and Laplacian of `fn` at x from 6 axis taps of step eps.
+def central_differences(fn, x, eps, curvature=False, taps=6):
+    """Value, extra outputs, gradient and Laplacian of `fn` at x from its taps at distance eps.
 
     `fn` maps (N, 3) points to (values (N,), extra (N, ...)); it is called once on the points and their
-    taps together. Errors are O(eps^2): exact for quadratics.
+    taps together. 6 taps: errors O(eps^2), exact for quadratics; 4 taps: the Laplacian as exact, the
+    gradient off by O(eps) times the mixed second derivatives (a tetrahedron is not symmetric about its
+    centre), as in Neuralangelo.
     """
-    values, extra = fn(torch.cat([x, tap_points(x, eps)], 0))
-    return differences(values, extra, x.shape[0], eps, curvature)
+    values, extra = fn(torch.cat([x, tap_points(x, eps, taps)], 0))
+    return differences(values, extra, x.shape[0], eps, curvature, taps)
 
 
-def differences(values, extra, n, eps, curvature):
-    """(value, extra, gradient, Laplacian) from values at [points; 6 taps] (see central_differences)."""
-    center, tap_values = values[:n], values[n:].view(6, n)
-    grad = torch.stack([tap_values[0] - tap_values[1], tap_values[2] - tap_values[3],
-                        tap_values[4] - tap_values[5]], -1) / (2 * eps)
-    laplacian = (tap_values.sum(0) - 6 * center) / eps ** 2 if curvature else None
+def differences(values, extra, n, eps, curvature, taps=6):
+    """(value, extra, gradient, Laplacian) from values at [points; taps] (see central_differences).
+
+    6 taps: (f(x + eps e_i) - f(x - eps e_i)) / 2 eps, and the Laplacian (sum - 6 f) / eps^2. 4 taps at
+    x + eps v_k (v_k: unit tetrahedron corners, sum v_k = 0, sum v_k v_k^T = 4/3 I): the gradient
+    3/4 sum f_k v_k / eps and the Laplacian 3/2 (sum f_k - 4 f) / eps^2 (Taylor to second order)."""
+    center, tap_values = values[:n], values[n:].view(taps, n)
+    if taps == 6:
+        grad = torch.stack([tap_values[0] - tap_values[1], tap_values[2] - tap_values[3],
+                            tap_values[4] - tap_values[5]], -1) / (2 * eps)
+        laplacian = (tap_values.sum(0) - 6 * center) / eps ** 2 if curvature else None
+    else:
+        grad = 0.75 * (tap_values.t() @ TAP_OFFSETS[4].to(tap_values)) / eps
+        laplacian = 1.5 * (tap_values.sum(0) - 4 * center) / eps ** 2 if curvature else None
     return center, extra[:n], grad, laplacian
 
 
@@ -206,14 +220,19 @@ class SDFModel(nn.Module):
             self.background.amp_dtype = dtype
 
     def param_groups(self, train_cfg):
+        """The optimiser's groups; train.grid_weight_decay on the tables alone, or on every group with
+        train.weight_decay_on=all (as Neuralangelo's AdamW does)."""
+        decay = train_cfg.grid_weight_decay
+        rest = decay if train_cfg.weight_decay_on == "all" else 0.0
         groups = [
-            {"params": self.sdf.grid.table_parameters(), "lr": train_cfg.lr, "name": "grid",
-             "weight_decay": train_cfg.grid_weight_decay},
+            {"params": self.sdf.grid.table_parameters(), "lr": train_cfg.lr, "name": "grid", "weight_decay": decay},
             {"params": list(self.sdf.layers.parameters()) + list(self.color.mlp.parameters())
              + (list(self.background.parameters()) if self.background is not None else []),
-             "lr": train_cfg.lr, "name": "mlp"},
-            {"params": list(self.sharpness.parameters()), "lr": train_cfg.lr_variance, "name": "variance"},
+             "lr": train_cfg.lr, "name": "mlp", "weight_decay": rest},
+            {"params": list(self.sharpness.parameters()), "lr": train_cfg.lr_variance, "name": "variance",
+             "weight_decay": rest},
         ]
         if self.color.appearance is not None:
-            groups.append({"params": [self.color.appearance], "lr": train_cfg.lr, "name": "appearance"})
+            groups.append({"params": [self.color.appearance], "lr": train_cfg.lr, "name": "appearance",
+                           "weight_decay": rest})
         return groups

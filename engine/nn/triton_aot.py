@@ -23,17 +23,23 @@ CAPABILITIES = (80, 86, 89, 90)
 EXTRA_FEATURES = (1, 2, 4, 8)
 
 
+# The backward's (position gradient, table gradient) variants: training (the table alone), a frame's
+# training with its motion (both), the motion prediction with the network frozen (positions alone).
+BACKWARD_NEEDS = ((False, True), (True, True), (True, False))
+
+
 def launches(features, sdf_hidden, sdf_layers=1):
     """Every (kernel name, table type, constexprs) a configuration with `features` per level and that SDF
-    network can launch: both table types (encoding.half_table on or off), the backward with and without
-    position gradients and, when the network is one it serves (one hidden layer of a power-of-two width;
+    network can launch: both table types (encoding.half_table on or off), the backward's BACKWARD_NEEDS
+    variants and, when the network is one it serves (one hidden layer of a power-of-two width;
     engine.nn.model SDFNetwork.value), the fused SDF kernel."""
     from .hashgrid_triton import BLOCK, sdf_block
     out = []
     for table in ("fp32", "fp16"):
         out.append(("_encode_forward", table, {"F": features, "BLOCK": BLOCK}))
-        for need_positions in (False, True):
-            out.append(("_encode_backward", table, {"F": features, "BLOCK": BLOCK, "NEED_POSITIONS": need_positions}))
+        for need_positions, need_table in BACKWARD_NEEDS:
+            out.append(("_encode_backward", table, {"F": features, "BLOCK": BLOCK, "NEED_POSITIONS": need_positions,
+                                                    "NEED_TABLE": need_table}))
         if sdf_layers == 1 and sdf_hidden & (sdf_hidden - 1) == 0:
             out.append(("_sdf_value", table, {"F": features, "HIDDEN": sdf_hidden, "BLOCK": sdf_block(sdf_hidden)}))
     return out

@@ -2,10 +2,14 @@
 
 The first frame trains like a static scene (train.iterations steps). Each later frame starts from the
 previous frame's weights: first its rigid motion relative to the previous frame is predicted with the
-network frozen (global transformation prediction, engine/train/motion.py), which places the frame's rays in
-the canonical space the network lives in; then the network trains for dynamic.frame_iterations steps
-to follow what the motion does not explain (deformation). Every frame ends with its mesh,
-JOB/meshes/frame_%06d.ply, and JOB/meshes/sequence.json rewritten to list every finished frame.
+network frozen and every level open (global transformation prediction, engine/train/motion.py), which
+places the frame's rays in the canonical space the network lives in; then, as NeuS2 does, the frame trains
+like a new job for dynamic.frame_iterations steps: a fresh optimiser, the coarse-to-fine schedules
+(levels, eps, curvature weight) restarted and run FRAME_SCHEDULE_SHARE of the frame's steps, and the
+frame's motion trained jointly with the network (NeuS2's finetune_global_movement) once every level is
+open again, so that it does not drift. The background model (unmasked scenes) sees the world's rays: it does not move with the object.
+Every frame ends with its mesh, JOB/meshes/frame_%06d.ply, and JOB/meshes/sequence.json rewritten to
+list every finished frame.
 """
 import math
 import os
@@ -22,7 +26,7 @@ from ..io.ply import write_ply
 from ..io.sequence import sequence_path, write_sequence
 from ..render import OccupancyGrid
 from .checkpoints import load_newest_intact
-from .schedules import active_levels, numerical_step
+
 from .trainer import Trainer, region_grid
 
 # Global transformation prediction (SequenceTrainer.predict_motion): Adam on the motion, its learning
@@ -38,6 +42,9 @@ PREDICTION_FINAL_LR = 0.25
 PREDICTION_AVERAGED = 5
 PROBE_BATCHES = 4
 PROBE, STEPS = 1, 2      # purposes of the prediction's seeded generators
+# A later frame's levels all open within this share of its steps (or train.level_every's pace, if faster),
+# so that its last steps train the finest level too.
+FRAME_SCHEDULE_SHARE = 0.5
 
 
 def orthonormal(rotation):
@@ -61,6 +68,9 @@ class SequenceTrainer(Trainer):
         self.rotation, self.translation = np.eye(3), np.zeros(3)    # this frame's canonical transform
         self.previous = (np.eye(3), np.zeros(3))        # the previous frame's canonical transform
         self.relative = (np.eye(3), np.zeros(3))        # the previous frame's motion (a starting guess)
+        # The frame's motion relative to the previous frame (axis-angle, translation), trained with the
+        # network after the prediction; unused by the first frame.
+        self.motion = torch.zeros(6, device=self.device, requires_grad=True)
         self.entries = []                               # sequence.json entries of the finished frames
         self.frame_clock = time.monotonic()             # when the frame in hand started (minus resumed time)
 
@@ -100,6 +110,31 @@ class SequenceTrainer(Trainer):
                 "phase": "predict" if prediction_step is not None else "train",
                 "sequence_progress": round(min(1.0, done / max(1, total)), 5), "eta_s": round(eta, 1)}
 
+    def schedule_step(self):
+        """The first frame's step; a later frame's own step, sped up so that its levels all open within
+        FRAME_SCHEDULE_SHARE of its steps (train.level_every's pace when that is faster)."""
+        if self.index == 0:
+            return self.step
+        tc, dc = self.cfg.train, self.cfg.dynamic
+        closed = max(1, self.cfg.encoding.levels - min(tc.start_levels, self.cfg.encoding.levels))
+        frame_every = min(tc.level_every, max(1, int(dc.frame_iterations * FRAME_SCHEDULE_SHARE) // closed))
+        return (self.step - self.frame_begin(self.index)) * tc.level_every // frame_every
+
+    def extra_param_groups(self):
+        """The frame's motion, trained with the network: its learning rate starts where the prediction's
+        ended (PREDICTION_FINAL_LR of dynamic.prediction_lr) and follows the frame's decay; none without
+        the prediction (the network absorbs the motion then)."""
+        dc = self.cfg.dynamic
+        lr = dc.prediction_lr * PREDICTION_FINAL_LR / dc.frame_lr_factor if dc.predict_transform else 0.0
+        return [{"params": [self.motion], "lr": lr, "name": "motion", "weight_decay": 0.0}]
+
+    def group_scale(self, group, levels):
+        """The motion trains once every level is open: a coarse field's gradient would pull it toward
+        aligning a blur (the prediction ran with every level)."""
+        if group.get("name") == "motion" and levels < self.cfg.encoding.levels:
+            return 0.0
+        return 1.0
+
     def lr_factor(self):
         if self.index == 0:
             return super().lr_factor()
@@ -126,12 +161,33 @@ class SequenceTrainer(Trainer):
         return (torch.as_tensor(rotation, dtype=torch.float32, device=self.device),
                 torch.as_tensor(translation, dtype=torch.float32, device=self.device))
 
-    def sample_rays(self):
-        """The frame's rays moved into the canonical space: x_c = R^c (x + T^c). (Their views go with
-        them, unused: dynamic jobs have no appearance embedding, engine.session.resolve_appearance.)"""
-        origins, dirs, rgb, mask, views = super().sample_rays()
-        rotation, translation = self.transform_tensors(self.rotation, self.translation)
-        return to_canonical(origins, rotation, translation), dirs @ rotation.T, rgb, mask, views
+    def canonical_transform(self):
+        """The frame's canonical transform (R^c, T^c) as tensors: the previous frame's composed with the
+        trained motion (differentiable in it); the first frame's is the identity."""
+        if self.index == 0:
+            return self.transform_tensors(np.eye(3), np.zeros(3))
+        previous = self.transform_tensors(*self.previous)
+        return compose(previous[0], previous[1], axis_angle_to_matrix(self.motion[:3]), self.motion[3:])
+
+    def settle_transform(self):
+        """self.rotation, self.translation and self.relative from the trained motion (meshes, the
+        sequence's matrices and the next frame's starting guess use them)."""
+        if self.index == 0:
+            return
+        motion = self.motion.detach().double().cpu()
+        relative = (axis_angle_to_matrix(motion[:3]).numpy(), motion[3:].numpy().copy())
+        self.relative = relative
+        rotation, shift = compose(self.previous[0], self.previous[1], *relative)
+        self.rotation, self.translation = orthonormal(rotation), shift
+
+    def rays_for_step(self):
+        """The frame's rays moved into the canonical space, x_c = R^c (x + T^c), through the trained
+        motion, and as they are in the world (the background's). (Their views go with them, unused:
+        dynamic jobs have no appearance embedding, engine.session.resolve_appearance.)"""
+        origins, dirs, rgb, mask, views = self.sample_rays()
+        rotation, translation = self.canonical_transform()
+        return (to_canonical(origins, rotation, translation), dirs @ rotation.T, rgb, mask, views,
+                (origins, dirs))
 
     def update_region(self):
         """The occupancy region in canonical space from this frame's silhouettes, moved by its transform."""
@@ -162,8 +218,8 @@ class SequenceTrainer(Trainer):
             self.generator = generator
         try:
             out = self.render(to_canonical(origins, rotation, shift), dirs @ rotation.T, cos_anneal=1.0,
-                              eps=numerical_step(self.step, self.cfg, self.model.sdf.grid.resolutions),
-                              gradient=self.cfg.train.gradient, jitter=True)
+                              eps=self.model.sdf.finest_cell(), gradient=self.cfg.train.gradient, jitter=True,
+                              world_rays=(origins, dirs))
         finally:
             self.generator = saved
         self.last_rays, self.last_samples = origins.shape[0], out["evaluated"]  # for the progress events
@@ -201,7 +257,7 @@ class SequenceTrainer(Trainer):
         dynamic.prediction_iterations steps. Rays and jitter come from the frame's own seeded
         generators (prediction_generator), not from the trainer's."""
         self.out.emit(protocol.STAGE, name="predict", frame=self.frame)
-        self.model.sdf.grid.set_active_levels(active_levels(self.step, self.cfg, self.cfg.encoding.levels))
+        self.model.sdf.grid.set_active_levels(self.cfg.encoding.levels)  # all that the previous frame learnt
         frozen = [p for p in self.model.parameters() if p.requires_grad]
         for p in frozen:
             p.requires_grad_(False)
@@ -216,13 +272,12 @@ class SequenceTrainer(Trainer):
         finally:
             for p in frozen:
                 p.requires_grad_(True)
-        relative = (axis_angle_to_matrix(torch.as_tensor(motion[:3], dtype=torch.float64)).numpy(), motion[3:].copy())
-        self.relative = relative
-        rotation, shift = compose(self.previous[0], self.previous[1], *relative)
-        self.rotation, self.translation = orthonormal(rotation), shift
+        with torch.no_grad():
+            self.motion.copy_(torch.as_tensor(motion, dtype=torch.float32))
+        self.settle_transform()
         angle = math.degrees(np.linalg.norm(motion[:3]))
         self.out.log(f"frame {self.frame}: predicted motion {angle:.2f} deg, translation "
-                     f"{np.round(relative[1], 4).tolist()} (region radii) in {steps} steps"
+                     f"{np.round(self.relative[1], 4).tolist()} (region radii) in {steps} steps"
                      f"{'' if converged else ' (not converged: dynamic.prediction_iterations reached)'}; "
                      f"loss {loss:.4f}, {scores[0]:.4f} without motion")
         return loss
@@ -331,6 +386,7 @@ class SequenceTrainer(Trainer):
         return {"sequence": {
             "frames": self.frames, "index": self.index, "phase": self.phase,
             "rotation": self.rotation.tolist(), "translation": self.translation.tolist(),
+            "motion": self.motion.detach().cpu().tolist(),
             "previous": [x.tolist() for x in self.previous], "relative": [x.tolist() for x in self.relative],
             "entries": self.entries, "frame_seconds": time.monotonic() - self.frame_clock}}
 
@@ -346,6 +402,9 @@ class SequenceTrainer(Trainer):
         self.previous = tuple(np.array(x) for x in sequence["previous"])
         self.relative = tuple(np.array(x) for x in sequence["relative"])
         self.frame_clock = time.monotonic() - sequence["frame_seconds"]
+        with torch.no_grad():  # (a checkpoint from before the motion was trained: the prediction's)
+            self.motion.copy_(torch.as_tensor(sequence.get("motion", np.concatenate(
+                [matrix_to_axis_angle(self.relative[0]), self.relative[1]])), dtype=torch.float32))
         index = sequence["index"]
         if 0 < index < len(self.frames):
             self.load_frame(index)
@@ -365,7 +424,8 @@ class SequenceTrainer(Trainer):
                 self.out.warn("--resume: the job has no checkpoint yet; starting from the beginning")
             self.remove_old_sequence()
         else:
-            self.restore_sequence(self.load_checkpoint(latest, state), latest)
+            self.restore_sequence(state, latest)   # the frame and its motion first: the optimiser holds it
+            self.load_checkpoint(latest, state)
             where = f"frame {self.frame} ({self.phase})" if self.index < len(self.frames) else "the end of the sequence"
             self.out.log(f"resumed from {latest} at {where}, step {self.step}")
         self.emit_train_stage()
@@ -385,12 +445,14 @@ class SequenceTrainer(Trainer):
             else:
                 self.rotation, self.translation = self.previous
             self.phase = "train"
+            self.make_optimizer()  # the frame trains like a new job (NeuS2), its motion with the network
             self.update_region()
             self.out.emit(protocol.STAGE, name="train", frame=self.frame)
         end = self.frame_begin(index + 1)
         if self.step < end:
             self.train_until(end, begin=self.frame_begin(index), report=self.report)
             loss = self.last_loss
+        self.settle_transform()
         self.finish_frame(loss if loss is not None else float("nan"))
         # The next frame starts from here: this frame's transform and weights, checkpointed.
         self.previous, self.index, self.phase = (self.rotation, self.translation), index + 1, "predict"

@@ -19,29 +19,24 @@ def active_levels(step, cfg, levels):
 
 
 def numerical_step(step, cfg, resolutions):
-    """Neuralangelo's step eps of the numerical gradient, in normalised units: the cell of the coarsest
-    level at step 0, shrinking exponentially to the cell of the finest level by the step the last level
-    opens; never finer than the finest active level's cell."""
-    levels = len(resolutions)
-    all_open = (levels - min(cfg.train.start_levels, levels)) * max(1, cfg.train.level_every)
-    level = levels - 1.0 if all_open == 0 else min(1.0, step / all_open) * (levels - 1)
-    level = min(level, active_levels(step, cfg, levels) - 1)
-    lower = int(math.floor(level))
-    upper = min(lower + 1, levels - 1)
-    frac = level - lower
-    resolution = math.exp((1 - frac) * math.log(resolutions[lower]) + frac * math.log(resolutions[upper]))
-    return 2.0 / resolution
+    """Neuralangelo's step eps of the numerical gradient, in normalised units: the cell of the finest
+    active level, so that it shrinks by the level growth factor each time a level opens (the official
+    code's 1 / resolution of the finest active level)."""
+    return 2.0 / resolutions[active_levels(step, cfg, len(resolutions)) - 1]
+
+
+def level_growth(encoding):
+    """The factor between consecutive levels' resolutions (before rounding)."""
+    return (encoding.finest_resolution / encoding.base_resolution) ** (1.0 / max(1, encoding.levels - 1))
 
 
 def curvature_schedule(step, cfg):
-    """Neuralangelo's curvature weight factor: linear warm-up over the first `level_every` steps, then
-    divided by the level growth factor each time a level opens (it follows the shrinking step)."""
-    tc = cfg.train
+    """Neuralangelo's curvature weight factor: a linear warm-up over the first `level_every` steps, times
+    eps over the coarsest level's cell: divided by the level growth factor for every step eps takes, so
+    that it ends at 1 / (finest / base resolution) (1/64 for the quality preset) once every level is open."""
+    tc, e = cfg.train, cfg.encoding
     warm = min(1.0, step / max(1, tc.level_every))
-    e = cfg.encoding
-    growth = (e.finest_resolution / e.base_resolution) ** (1.0 / max(1, e.levels - 1))
-    opened = active_levels(step, cfg, e.levels) - min(tc.start_levels, e.levels)
-    return warm / growth ** opened
+    return warm / level_growth(e) ** (active_levels(step, cfg, e.levels) - 1)
 
 
 class AdaptiveBatch:

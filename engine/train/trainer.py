@@ -96,14 +96,26 @@ class Trainer:
         if self.amp_dtype is not None:
             self.out.log(f"mixed precision: colour and background MLPs in {str(self.amp_dtype).split('.')[-1]}")
         self.grid = OccupancyGrid(self.cfg.render.occupancy_resolution, hull, self.device)
+        if self.cfg.train.curvature_weight > 0 and not self.curvature_applies():
+            self.out.warn(f"train.curvature_weight={self.cfg.train.curvature_weight:g} does not apply with "
+                          f"train.gradient=analytic: the hash grid's trilinear interpolation has no second "
+                          f"derivative along an axis, so the curvature loss is off (numerical gradients give it)")
         self.make_optimizer()
         self.step = 0
 
     def make_optimizer(self):
         # AdamW: weight decay (the grid's, when the preset asks for it) stays out of Adam's moments.
-        self.optimizer = torch.optim.AdamW(self.model.param_groups(self.cfg.train), betas=(0.9, 0.99), eps=1e-15,
-                                           weight_decay=0.0)
+        self.optimizer = torch.optim.AdamW(self.model.param_groups(self.cfg.train) + self.extra_param_groups(),
+                                           betas=(0.9, 0.99), eps=1e-15, weight_decay=0.0)
         self.base_lrs = [g["lr"] for g in self.optimizer.param_groups]
+
+    def group_scale(self, group, levels):
+        """A further factor on one optimiser group's learning rate at this step (`levels` open)."""
+        return 1.0
+
+    def extra_param_groups(self):
+        """Optimiser groups beyond the model's (the dynamic trainer's frame motion)."""
+        return []
 
     def training_views(self):
         """(training views, held-out views): Session.views of the job."""
@@ -170,16 +182,18 @@ class Trainer:
         return self.model.sdf.value(x.to(self.device)).to(x.device)
 
     def render(self, origins, dirs, cos_anneal, eps, gradient="numerical", curvature=False, jitter=False,
-               views=None):
-        """render_rays with the configured sampler (normalised-space rays on the training device);
-        `views`: each ray's training view (the appearance embedding's row), None: the mean appearance."""
+               views=None, world_rays=None):
+        """render_rays with the configured sampler and gradient taps (normalised-space rays on the training
+        device); `views`: each ray's training view (the appearance embedding's row), None: the mean
+        appearance; `world_rays`: the rays before a frame's motion moved them (the background's)."""
         rc = self.cfg.render
         return render_rays(self.model, self.grid, origins, dirs, rc.samples_per_ray, cos_anneal=cos_anneal, eps=eps,
                            gradient=gradient, curvature=curvature, jitter=jitter,
                            generator=self.generator if jitter else None, background=rc.background,
                            sampler=rc.sampler, fine_samples=rc.fine_samples, up_sample_rounds=rc.up_sample_rounds,
                            early_stop=rc.early_stop, skip_alpha=rc.skip_alpha,
-                           views=views if self.model.appearance_views else None)
+                           views=views if self.model.appearance_views else None, taps=int(self.cfg.train.taps),
+                           world_rays=world_rays)
 
     def lr_factor(self):
         """The learning rate of this step as a fraction of the configured one."""
@@ -191,22 +205,39 @@ class Trainer:
         return tuple(None if t is None else t.to(self.device)
                      for t in self.data.sample(self.batch.rays, self.generator, with_views=True))
 
+    def schedule_step(self):
+        """The step the coarse-to-fine schedules (levels, eps, curvature weight) are at: the job's step
+        (a dynamic job's later frames restart them)."""
+        return self.step
+
+    def curvature_applies(self):
+        """Whether the curvature loss runs: a weight, and numerical gradients (their taps give the
+        Laplacian; the analytic mode has none, engine.nn.model.SDFNetwork.with_gradient)."""
+        return self.cfg.train.curvature_weight > 0 and self.cfg.train.gradient == "numerical"
+
+    def rays_for_step(self):
+        """(origins, directions, colours, mask, views, world rays) of this step's batch: the model's
+        rays and the background's (None: the same)."""
+        return (*self.sample_rays(), None)
+
     def train_step(self):
         cfg, tc = self.cfg, self.cfg.train
-        levels = active_levels(self.step, cfg, cfg.encoding.levels)
+        at = self.schedule_step()
+        levels = active_levels(at, cfg, cfg.encoding.levels)
         self.model.sdf.grid.set_active_levels(levels)
-        eps = numerical_step(self.step, cfg, self.model.sdf.grid.resolutions)
+        eps = numerical_step(at, cfg, self.model.sdf.grid.resolutions)
         if self.step % cfg.render.occupancy_update_every == 0:
             self.grid.update(self.sdf_fn, self.model.sharpness())
         factor = self.lr_factor()
         for group, base in zip(self.optimizer.param_groups, self.base_lrs):
-            group["lr"] = base * factor
-        origins, dirs, rgb_gt, mask, views = self.sample_rays()
+            group["lr"] = base * factor * self.group_scale(group, levels)
+        origins, dirs, rgb_gt, mask, views, world_rays = self.rays_for_step()
         out = self.render(origins, dirs, cos_anneal=min(1.0, self.step / max(1, cfg.render.cos_anneal_iters)),
-                          eps=eps, gradient=tc.gradient, curvature=tc.curvature_weight > 0, jitter=True, views=views)
+                          eps=eps, gradient=tc.gradient, curvature=self.curvature_applies(), jitter=True, views=views,
+                          world_rays=world_rays)
         self.last_rays, self.last_samples = origins.shape[0], out["evaluated"]
         self.batch.update(self.last_rays, self.last_samples)
-        loss, losses = training_losses(out, rgb_gt, mask, cfg, self.step)
+        loss, losses = training_losses(out, rgb_gt, mask, cfg, at)
         self.optimizer.zero_grad(set_to_none=True)
         self.scaler.scale(loss).backward()
         self.scaler.step(self.optimizer)

@@ -51,12 +51,18 @@ def tinycudann(monkeypatch):
     return module
 
 
-def test_auto_takes_torch_on_the_cpu_even_with_the_interpreter(monkeypatch):
+def test_auto_takes_numba_on_the_cpu_even_with_the_interpreter(monkeypatch):
     monkeypatch.setenv("TRITON_INTERPRET", "1")
-    assert backends.resolve_backend("auto", "cpu") == "torch"
-    assert backends.available_backends("cpu")[0] == "torch"
+    assert backends.resolve_backend("auto", "cpu") == "numba"
+    assert backends.available_backends("cpu")[:2] == ["numba", "torch"]
     monkeypatch.delenv("TRITON_INTERPRET")
+    assert backends.available_backends("cpu") == ["numba", "torch"]
+    monkeypatch.setitem(sys.modules, "numba", None)  # not installed: the torch reference
     assert backends.available_backends("cpu") == ["torch"]
+    with pytest.raises(InputError, match="--backend numba: the numba package does not import"):
+        backends.resolve_backend("numba", "cpu")
+    with pytest.raises(InputError, match="the numba kernels run on the CPU"):
+        backends.resolve_backend("numba", "cuda")
 
 
 def test_named_backends_that_cannot_run_say_why(monkeypatch):

@@ -15,6 +15,7 @@ from engine.train.dynamic import SequenceTrainer
 from engine.events import Emitter
 from engine.train.motion import (axis_angle_to_matrix, canonical_from_frame, compose, from_canonical,
                            matrix_to_axis_angle, rotation_error_deg, to_canonical, world_from_canonical)
+from engine.nn.model import SDFModel
 from engine.render import OccupancyGrid, render_rays
 from engine.io.rig import Rig, View
 from rig_files import look_at
@@ -221,7 +222,7 @@ def test_prediction_is_seeded_by_the_frame_alone(predicted):
     the motion it predicts (a short run, capped by dynamic.prediction_iterations)."""
     trainer, _ = predicted
     saved = (trainer.relative, trainer.rotation, trainer.translation, trainer.generator.get_state(),
-             trainer.cfg.dynamic.prediction_iterations, torch.get_num_threads())
+             trainer.cfg.dynamic.prediction_iterations, torch.get_num_threads(), trainer.motion.detach().clone())
     motions = []
     try:
         trainer.cfg.dynamic.prediction_iterations = 15
@@ -238,6 +239,8 @@ def test_prediction_is_seeded_by_the_frame_alone(predicted):
         trainer.generator.set_state(saved[3])
         trainer.cfg.dynamic.prediction_iterations = saved[4]
         torch.set_num_threads(saved[5])
+        with torch.no_grad():
+            trainer.motion.copy_(saved[6])
     assert np.allclose(motions[0][0], motions[1][0], atol=1e-5) and np.allclose(motions[0][1], motions[1][1], atol=1e-5)
 
 
@@ -288,3 +291,95 @@ def test_prediction_gradients_stay_finite_for_rays_that_miss_the_region(predicte
     trainer.prediction_loss(axis_angle, translation, batch).backward()
     assert torch.isfinite(axis_angle.grad).all() and torch.isfinite(translation.grad).all()
     assert axis_angle.grad.abs().sum() + translation.grad.abs().sum() > 0
+
+
+def test_analytic_gradients_reach_the_motion(predicted):
+    """With train.gradient=analytic the positions keep their graph through the double backward, so the
+    prediction loss's gradient in the motion is its derivative, normals included: it points where the
+    numerical mode's does (whose gradient a central finite difference confirms), and a finite difference
+    along it agrees within what the analytic normals' jumps at the grid's cell faces allow (the reason
+    Neuralangelo prefers numerical gradients)."""
+    trainer, _ = predicted
+    batch = trainer.data.sample(512, torch.Generator().manual_seed(2))
+    saved = trainer.cfg.train.gradient, trainer.cfg.render.early_stop
+    trainer.cfg.render.early_stop = 0.0  # no samples dropped by a threshold: a smooth loss
+    found = {}
+    try:
+        for mode in ("numerical", "analytic"):
+            trainer.cfg.train.gradient = mode
+
+            def loss(motion):
+                axis_angle, translation = motion.split(3)
+                return trainer.prediction_loss(axis_angle, translation, batch, torch.Generator().manual_seed(7))
+
+            motion = torch.zeros(6, requires_grad=True)
+            loss(motion).backward()
+            gradient = motion.grad.clone()
+            direction = gradient / gradient.norm()
+            h = 1e-3
+            with torch.no_grad():
+                slope = (float(loss(h * direction)) - float(loss(-h * direction))) / (2 * h)
+            found[mode] = gradient, slope
+            trainer.model.zero_grad(set_to_none=True)
+    finally:
+        trainer.cfg.train.gradient, trainer.cfg.render.early_stop = saved
+    numerical, analytic = found["numerical"][0], found["analytic"][0]
+    assert abs(found["numerical"][1] - float(numerical.norm())) < 0.1 * float(numerical.norm())
+    assert float(torch.nn.functional.cosine_similarity(analytic, numerical, dim=0)) > 0.9
+    assert abs(found["analytic"][1] - float(analytic.norm())) < 0.35 * float(analytic.norm())
+
+
+def test_the_background_stays_in_the_world_when_the_object_moves():
+    """Unmasked scenes: a frame's rays are moved into the object's frame for the SDF, but the background
+    NeRF sees them as they are in the world, so a still background looks the same whatever the motion."""
+    torch.manual_seed(0)
+    model = SDFModel(preset("cpu"), background=True)
+    grid = OccupancyGrid(16)
+    origins = torch.tensor([[0.0, 1.5, -3.0], [1.6, 0.4, -3.0], [-0.2, -2.0, -3.0]])
+    dirs = torch.tensor([[0.0, 0.0, 1.0]] * 3)  # all miss the unit sphere in both frames
+    rotation = axis_angle_to_matrix(torch.tensor([0.0, 0.0, 0.6]))
+    translation = torch.tensor([0.1, -0.05, 0.0])  # across the rays: the same distances along them
+    moved = to_canonical(origins, rotation, translation), dirs @ rotation.T
+    with torch.no_grad():
+        still = render_rays(model, grid, origins, dirs, 32, cos_anneal=1.0, eps=0.01, jitter=False)["rgb"]
+        world = render_rays(model, grid, *moved, 32, cos_anneal=1.0, eps=0.01, jitter=False,
+                            world_rays=(origins, dirs))["rgb"]
+        dragged = render_rays(model, grid, *moved, 32, cos_anneal=1.0, eps=0.01, jitter=False)["rgb"]
+    assert torch.allclose(world, still, atol=1e-6)
+    assert not torch.allclose(dragged, still, atol=1e-3)  # what the background would do, moved with the object
+
+
+def test_a_later_frame_restarts_its_schedules_and_trains_its_motion(predicted):
+    """NeuS2's per-frame training: after the prediction a later frame starts a fresh optimiser and the
+    coarse-to-fine schedules from their start (every level open within FRAME_SCHEDULE_SHARE of its steps),
+    and its motion trains with the network instead of staying frozen."""
+    from engine.train.dynamic import FRAME_SCHEDULE_SHARE
+    from engine.train.schedules import active_levels
+    trainer, (rotation, _) = predicted
+    cfg = trainer.cfg
+    saved = ({k: v.clone() for k, v in trainer.model.state_dict().items()}, trainer.motion.detach().clone(),
+             trainer.step, trainer.rotation, trainer.translation, trainer.relative)
+    try:
+        trainer.step = trainer.frame_begin(1)
+        trainer.make_optimizer()
+        assert trainer.optimizer.state == {}
+        groups = {g["name"]: g for g in trainer.optimizer.param_groups}
+        assert groups["motion"]["params"][0] is trainer.motion and groups["motion"]["lr"] > 0
+        assert trainer.schedule_step() == 0
+        before = trainer.motion.detach().clone()
+        for _ in range(3):
+            trainer.train_step()
+        assert trainer.model.sdf.grid.active_levels == cfg.train.start_levels
+        assert torch.equal(trainer.motion.detach(), before)  # coarse levels: the motion waits
+        trainer.step = trainer.frame_begin(1) + int(cfg.dynamic.frame_iterations * FRAME_SCHEDULE_SHARE)
+        assert active_levels(trainer.schedule_step(), cfg, cfg.encoding.levels) == cfg.encoding.levels
+        for _ in range(3):
+            trainer.train_step()
+        assert not torch.equal(trainer.motion.detach(), before)  # every level open: it trains with the network
+        trainer.settle_transform()
+        assert rotation_error_deg(trainer.relative[0], rotation) < 1.0
+    finally:
+        trainer.model.load_state_dict(saved[0])
+        with torch.no_grad():
+            trainer.motion.copy_(saved[1])
+        trainer.step, trainer.rotation, trainer.translation, trainer.relative = saved[2:]

@@ -7,6 +7,7 @@ import torch
 from engine.config import preset
 from engine.extract import extract_mesh
 from engine.metrics import chamfer
+from engine.nn.encoding import level_resolutions
 from engine.nn.model import SDFModel, central_differences
 from engine.io.ply import read_triangles, write_ply
 from engine.render import OccupancyGrid, neus_alpha, render_rays, sphere_chord
@@ -29,36 +30,77 @@ def test_numerical_gradient_of_an_analytic_sdf():
     assert (lap - 2.0 / r[:, 0]).abs().max() < 1e-2  # Laplacian of |x| in 3D
 
 
-def test_numerical_gradient_step_and_levels_follow_the_schedule():
+def test_tetrahedral_taps_give_the_gradient_and_laplacian_of_an_analytic_sdf():
+    torch.manual_seed(0)
+    center = torch.tensor([0.1, -0.2, 0.05], dtype=torch.float64)
+    x = torch.rand(500, 3, dtype=torch.float64) * 1.6 - 0.8
+    x = x[(x - center).norm(dim=-1) > 0.2]
+    value, _, grad, lap = central_differences(lambda p: (sphere_sdf(p.double(), center, 0.6), p), x, 1e-3, True,
+                                              taps=4)
+    r = (x - center).norm(dim=-1, keepdim=True)
+    assert torch.allclose(value, r[:, 0] - 0.6)
+    assert (grad - (x - center) / r).abs().max() < 1e-3
+    assert (lap - 2.0 / r[:, 0]).abs().max() < 1e-2
+    # At any step, for a quadratic x^T A x + b x: the Laplacian 2 trace(A) exactly from either set of taps;
+    # the gradient 2 A x + b exactly from the axis taps, and from the tetrahedral ones when A is diagonal
+    # (a tetrahedron is not symmetric about its centre: mixed second derivatives bias its gradient by O(eps)).
+    b = torch.tensor([0.4, -0.1, 0.25], dtype=torch.float64)
+    for a, tetrahedral_exact in ((torch.diag(torch.tensor([1.0, -2.0, 0.7], dtype=torch.float64)), True),
+                                 (torch.tensor([[1.0, 0.3, -0.2], [0.3, -2.0, 0.5], [-0.2, 0.5, 0.7]],
+                                               dtype=torch.float64), False)):
+        quadratic = lambda p: (((p @ a) * p).sum(-1) + p @ b, p)  # noqa: E731
+        for taps in (6, 4):
+            _, _, grad, lap = central_differences(quadratic, x, 0.3, True, taps=taps)
+            assert torch.allclose(grad, 2 * x @ a + b, atol=1e-6) == (taps == 6 or tetrahedral_exact)
+            assert torch.allclose(lap, torch.full_like(lap, 2 * float(a.trace())), atol=1e-6)
+
+
+def test_the_model_gives_the_same_gradient_from_6_taps_and_from_4():
     cfg = preset("cpu")
+    torch.manual_seed(0)
     model = SDFModel(cfg)
-    every, start = cfg.train.level_every, cfg.train.start_levels
-    resolutions = model.sdf.grid.resolutions
-    steps = [0, every - 1, every, 10 * every]
-    levels = [active_levels(s, cfg, cfg.encoding.levels) for s in steps]
-    assert levels == [start, start, start + 1, cfg.encoding.levels]
-    # eps: the coarsest cell at step 0, shrinking exponentially to the finest cell by the step the last
-    # level opens, and never finer than the finest active level's cell.
-    all_open = (cfg.encoding.levels - start) * every
-    assert math.isclose(numerical_step(0, cfg, resolutions), 2.0 / resolutions[0])
-    third = numerical_step(all_open // 3, cfg, resolutions)
-    assert math.isclose(third, 2.0 / resolutions[3])  # 9 levels to cross in 3 thirds
-    assert math.isclose(numerical_step(all_open // 6, cfg, resolutions),
-                        2.0 / math.sqrt(resolutions[1] * resolutions[2]))
-    for step in range(0, 2 * all_open, 7):
-        model.sdf.grid.set_active_levels(active_levels(step, cfg, cfg.encoding.levels))
-        assert numerical_step(step, cfg, resolutions) >= model.sdf.finest_cell() - 1e-12
-    for step in (all_open, all_open + 1, 3 * all_open):
-        assert math.isclose(numerical_step(step, cfg, resolutions), 2.0 / resolutions[-1])
-    series = [numerical_step(s, cfg, resolutions) for s in range(0, 2 * all_open, 7)]
-    assert all(a >= b for a, b in zip(series, series[1:])) and series[0] > series[-1]
-    everything = preset("cpu")
-    everything.train.start_levels = everything.encoding.levels  # no progressive levels: the finest cell
-    assert math.isclose(numerical_step(0, everything, resolutions), 2.0 / resolutions[-1])
-    # The curvature weight warms up, then shrinks as levels open.
-    w = [curvature_schedule(s, cfg) for s in (0, cfg.train.level_every // 2, cfg.train.level_every,
-                                                 5 * cfg.train.level_every)]
-    assert w[0] == 0 < w[1] < w[2] and w[3] < w[2]
+    model.sdf.grid.table.data.normal_(0.0, 1e-2)
+    x = torch.rand(300, 3) * 1.2 - 0.6
+    eps = 1e-3
+    with torch.no_grad():
+        sdf6, grad6, feat6, _ = model.sdf.with_gradient(x, eps, taps=6)
+        sdf4, grad4, feat4, _ = model.sdf.with_gradient(x, eps, taps=4)
+    assert torch.equal(sdf6, sdf4) and torch.equal(feat6, feat4)
+    assert (grad6 - grad4).norm(dim=-1).max() < 0.05 * grad6.norm(dim=-1).mean()
+
+
+def test_level_resolutions_reach_the_finest_exactly():
+    for name, finest in (("cpu", 256), ("fast", 2048), ("quality", 2048)):
+        assert level_resolutions(preset(name).encoding)[-1] == finest, name
+
+
+def test_numerical_step_and_curvature_weight_follow_the_levels():
+    """Neuralangelo's schedules: eps is the cell of the finest active level (a level opens when eps reaches
+    its cell); the curvature weight warms up linearly over the first level_every steps, then is divided by
+    the growth factor for every step eps takes, ending at 1 / (finest / base) of its value: 1/64 for the
+    quality preset."""
+    for name in ("cpu", "quality"):
+        cfg = preset(name)
+        every, start, levels = cfg.train.level_every, cfg.train.start_levels, cfg.encoding.levels
+        resolutions = level_resolutions(cfg.encoding)
+        growth = (cfg.encoding.finest_resolution / cfg.encoding.base_resolution) ** (1 / (levels - 1))
+        assert [active_levels(s, cfg, levels) for s in (0, every - 1, every, 100 * every)] == \
+            [start, start, start + 1, levels]
+        for step in (0, every // 2, every, 3 * every + 1, (levels - start) * every, 100 * every):
+            active = active_levels(step, cfg, levels)
+            assert math.isclose(numerical_step(step, cfg, resolutions), 2.0 / resolutions[active - 1])
+            expected = min(1.0, step / every) / growth ** (active - 1)
+            assert math.isclose(curvature_schedule(step, cfg), expected, rel_tol=1e-12)
+        # After the warm-up the weight is proportional to eps: it follows the step size.
+        ratios = [curvature_schedule(s, cfg) / numerical_step(s, cfg, resolutions)
+                  for s in range(every, (levels - start + 2) * every, every // 2)]
+        assert max(ratios) / min(ratios) < 1.02  # (eps is 2 / floor(resolution): 2% off a pure power)
+    quality = preset("quality")
+    end = curvature_schedule(100 * quality.train.level_every, quality)
+    assert math.isclose(end, 1 / 64)
+    assert math.isclose(numerical_step(0, quality, level_resolutions(quality.encoding)),
+                        2.0 / math.floor(32 * growth ** 3 * (1 + 1e-9)))
+    assert preset("quality").train.color_weight == 3.0  # Neuralangelo's L1 times 3
 
 
 def test_geometric_initialisation_is_a_sphere():

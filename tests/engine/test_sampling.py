@@ -72,6 +72,48 @@ def test_both_samplers_render_the_same_sphere():
         render_rays(model, grid, origins, dirs, 16, cos_anneal=1.0, eps=0.01, sampler="stratified")
 
 
+def test_occupancy_samples_share_one_offset_per_ray(monkeypatch):
+    """Jittered samples are the ray's evenly spaced steps shifted by one random offset (NeuS, instant-ngp):
+    consecutive samples are exactly one step apart, so each sample's segment is the step it is given,
+    and the offsets differ from ray to ray."""
+    cfg = preset("cpu")
+    torch.manual_seed(0)
+    model = SDFModel(cfg)
+    seen = {}
+    real = model.sdf.with_gradient
+
+    def recording(x, *args, **kwargs):
+        seen["x"] = x.detach().clone()
+        return real(x, *args, **kwargs)
+
+    monkeypatch.setattr(model.sdf, "with_gradient", recording)
+    origins = torch.tensor([[0.0, 0.0, -3.0], [0.2, 0.1, -3.0]])
+    dirs = torch.tensor([[0.0, 0.0, 1.0]] * 2)
+    samples = 64
+    render_rays(model, OccupancyGrid(16), origins, dirs, samples, cos_anneal=1.0, eps=0.01, jitter=True,
+                generator=torch.Generator().manual_seed(3))
+    near, far, _ = sphere_chord(origins, dirs)
+    z = seen["x"][:, 2].view(2, samples)  # every cell occupied: all samples evaluated, in ray order
+    step = (far - near) / samples
+    assert torch.allclose(z[:, 1:] - z[:, :-1], step[:, None].expand(2, samples - 1), atol=1e-5)
+    offsets = (z[:, 0] - (near - 3.0)) / step
+    assert ((offsets >= 0) & (offsets <= 1)).all() and abs(float(offsets[0] - offsets[1])) > 1e-3
+
+
+def test_the_last_up_sampling_round_evaluates_nothing_it_does_not_use():
+    calls = []
+
+    def counting_sdf(points):
+        calls.append(points.shape[0])
+        return sphere_sdf(points)
+
+    origins = torch.tensor([[0.0, 0.0, -3.0]])
+    dirs = torch.tensor([[0.0, 0.0, 1.0]])
+    near, far, _ = sphere_chord(origins, dirs)
+    hierarchical_samples(counting_sdf, origins, dirs, near, far, coarse=32, fine=64, rounds=4, jitter=False)
+    assert calls == [32, 16, 16, 16]  # the coarse samples and 3 rounds; the 4th round's are the caller's
+
+
 def test_mixed_precision_choice():
     assert mixed_precision_dtype("auto", "cpu") is None
     assert mixed_precision_dtype("off", "cuda") is None

@@ -85,6 +85,22 @@ def test_inactive_levels_are_zero_and_untouched():
     assert relative_error(fused.table.grad, reference.table.grad) < 1e-5
 
 
+def test_a_frozen_table_gets_no_gradient_and_the_points_theirs():
+    """The motion prediction freezes the network: the backward gives the positions their gradient and
+    allocates none for the table."""
+    reference, fused = grids(CONFIGS["dense+hashed"], seed=4)
+    for grid in (reference, fused):
+        grid.table.requires_grad_(False)
+    u = points(200, seed=5)
+    u_ref, u_fused = u.clone().requires_grad_(True), u.clone().requires_grad_(True)
+    expected, got = reference.encode_taps(u_ref, 0.02), fused.encode_taps(u_fused, 0.02)
+    weights = torch.randn_like(expected)
+    (expected * weights).sum().backward()
+    (got * weights).sum().backward()
+    assert fused.table.grad is None and reference.table.grad is None
+    assert relative_error(u_fused.grad, u_ref.grad) < 1e-4
+
+
 @pytest.mark.parametrize("name", ["dense+hashed", "8 features (quality)"])
 def test_numerical_gradient_taps_in_one_launch(name):
     """encode_taps: the point and its 6 central-difference taps, tap-major, with their gradients."""

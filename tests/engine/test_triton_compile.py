@@ -68,8 +68,9 @@ def test_the_list_covers_every_preset():
         mine = [launch for launch in launches if launch[2]["F"] == features]
         for table in ("fp32", "fp16"):
             assert ("_encode_forward", table, {"F": features, "BLOCK": 128}) in mine
-            for need in (False, True):
-                assert ("_encode_backward", table, {"F": features, "BLOCK": 128, "NEED_POSITIONS": need}) in mine
+            for positions, table_grad in ((False, True), (True, True), (True, False)):
+                assert ("_encode_backward", table, {"F": features, "BLOCK": 128, "NEED_POSITIONS": positions,
+                                                    "NEED_TABLE": table_grad}) in mine
             assert any(k == "_sdf_value" and t == table and c["HIDDEN"] == hidden for k, t, c in mine), name
 
 
