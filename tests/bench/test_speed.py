@@ -61,7 +61,7 @@ def test_the_encoding_measurement_on_the_cpu_is_self_consistent():
 def test_interpreted_triton_is_never_timed():
     chosen, skipped = speed_probe.encoding_backends("cpu", 2, ["torch", "triton"])
     assert chosen == ["torch"] and "interpret" in skipped["triton"].lower()
-    assert speed_probe.encoding_backends("cpu", 2)[0] == ["torch"]
+    assert speed_probe.encoding_backends("cpu", 2)[0] == ["numba", "torch"]  # both CPU encodings are timed
     assert speed_probe.half_choices("auto", "torch", "cuda") == [False]
     assert speed_probe.half_choices("both", "triton", "cuda") == [False, True]
     assert speed_probe.half_choices("auto", "triton", "cuda") == [True]   # the engine's own choice on a GPU
@@ -201,7 +201,7 @@ def test_the_module_runs_without_torch_at_import_and_writes_its_json(tmp_path):
             "import bench.speed_probe, bench.registry, build; print('ok')")
     out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=60)
     assert out.stdout.strip() == "ok", out.stderr
-    # The command line end to end on a tiny point count (the fast grid, the torch backend).
+    # The command line end to end on a tiny point count (the fast grid, the CPU's numba and torch backends).
     path = tmp_path / "speed.json"
     out = subprocess.run([sys.executable, "-m", "bench.speed_probe", "--parts", "encoding", "--device", "cpu",
                           "--points", "8", "--budget-s", "0.01", "--copy-mib", "8", "--json", str(path)],
@@ -210,10 +210,10 @@ def test_the_module_runs_without_torch_at_import_and_writes_its_json(tmp_path):
     result = json.loads(path.read_text())
     assert result["machine"]["device"] == "cpu" and result["copy"]["mib"] == 8
     assert [(e["part"], e["backend"], e["points"]) for e in result["encoding"]] == [
-        ("encoding", "torch", 256), ("taps", "torch", 256)]
+        ("encoding", "numba", 256), ("taps", "numba", 256), ("encoding", "torch", 256), ("taps", "torch", 256)]
     if os.environ.get("TRITON_INTERPRET") == "1":        # conftest's, without a GPU: usable, never timed
         assert "encoding triton" in result["skipped"]
-    assert [r["part"] for r in result["rows"]] == ["encoding", "taps"]
+    assert [r["part"] for r in result["rows"]] == ["encoding", "taps", "encoding", "taps"]
     assert result["rows"] == speed_rows.build_rows(result)
 
 

@@ -36,7 +36,7 @@ class SphereSDF(torch.nn.Module):
     def forward(self, x):
         return (x - CENTER).norm(dim=-1) - RADIUS, x
 
-    def with_gradient(self, x, eps, mode="numerical", curvature=False):
+    def with_gradient(self, x, eps, mode="numerical", curvature=False, taps=6):
         offset = x - CENTER
         r = offset.norm(dim=-1)
         return r - RADIUS, offset / r.clamp_min(1e-9)[:, None], x, (2.0 / r if curvature else None)
