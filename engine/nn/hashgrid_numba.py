@@ -304,4 +304,7 @@ def encode(grid, u, offsets):
     if grid.table.dtype != torch.float32:
         raise ValueError(f"the numba encoding needs a float32 table, got {grid.table.dtype}")
     offsets = torch.as_tensor(offsets, dtype=torch.float32)
-    return NumbaHashEncode.apply(u, grid.table, offsets, _Layout(grid), int(grid.active_levels))
+    layout = getattr(grid, "_numba_layout", None)
+    if layout is None:  # the per-level numbers depend on the grid's configuration alone: made once
+        layout = grid._numba_layout = _Layout(grid)
+    return NumbaHashEncode.apply(u, grid.table, offsets, layout, int(grid.active_levels))

@@ -26,7 +26,6 @@ from ..io.ply import write_ply
 from ..io.sequence import sequence_path, write_sequence
 from ..render import OccupancyGrid
 from .checkpoints import load_newest_intact
-
 from .trainer import Trainer, region_grid
 
 # Global transformation prediction (SequenceTrainer.predict_motion): Adam on the motion, its learning
