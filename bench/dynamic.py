@@ -19,7 +19,8 @@ SPEC = {
     "columns": ["date", "cpu", "cores", "device", "backend", "preset", "prediction", "frames", "cameras",
                 "size px", "steps", "first frame s", "s/frame", "wall s", "chamfer % mean", "chamfer % max",
                 "F@1% mean", "rotation err deg mean", "rotation err deg max", "translation err % mean",
-                "translation err % max", "chamfer % per frame"],
+                "translation err % max", "surface rotation err deg mean", "surface rotation err deg max",
+                "surface translation err % mean", "deformation's rotation deg max", "chamfer % per frame"],
     "key": ["cpu", "cores", "device", "backend", "preset", "prediction", "frames", "cameras", "size px", "steps"],
 }
 DYNAMIC_OUT = os.path.join(OUT, "dynamic")
@@ -49,6 +50,11 @@ def dynamic_dataset(python, options, env):
     return folder
 
 
+def fitted(frames, key):
+    """The frames' `key` where bench.dynamic_eval could fit the true surface's rigid motion."""
+    return [f[key] for f in frames if key in f]
+
+
 def dynamic_row(machine, started, prediction, metrics, wall_s, options, date=None):
     """One row of the dynamic table from the engine's `started` event and bench.dynamic_eval's metrics."""
     config = started.get("config") or {}
@@ -71,6 +77,10 @@ def dynamic_row(machine, started, prediction, metrics, wall_s, options, date=Non
         "rotation err deg max": fmt(max((f["rotation_deg"] for f in later), default=None), 2),
         "translation err % mean": fmt(mean([f["translation"] for f in later]), 2, 100.0),
         "translation err % max": fmt(max((f["translation"] for f in later), default=None), 2, 100.0),
+        "surface rotation err deg mean": fmt(mean(fitted(later, "rotation_fit_deg")), 2),
+        "surface rotation err deg max": fmt(max(fitted(later, "rotation_fit_deg"), default=None), 2),
+        "surface translation err % mean": fmt(mean(fitted(later, "translation_fit")), 2, 100.0),
+        "deformation's rotation deg max": fmt(max(fitted(later, "fit_deg"), default=None), 2),
         "chamfer % per frame": " ".join(fmt(f["chamfer"], 2, 100.0) for f in frames),
     }
 

@@ -11,7 +11,7 @@ from conftest import icosphere
 
 from bench import registry
 from bench.dynamic import dynamic_row
-from bench.dynamic_eval import sequence_metrics
+from bench.dynamic_eval import sequence_metrics, surface_fit, vertex_areas
 from bench.sequence import torus_grid
 from engine.io.ply import write_ply
 
@@ -69,6 +69,8 @@ def test_a_perfect_sequence_scores_zero_in_world_and_canonical_coordinates(truth
         for f in metrics["frames"]:
             assert f["chamfer"] < 1e-3 and f["f_1"] > 0.99
             assert f["rotation_deg"] < 1e-4 and f["translation"] < 1e-6
+            # A rigid truth: its surface's own motion is the object's.
+            assert f["rotation_fit_deg"] < 1e-4 and f["translation_fit"] < 1e-6 and f["fit_deg"] < 1e-4
 
 
 def test_wrong_motions_are_measured_in_degrees_and_scene_sizes(truth, tmp_path):
@@ -87,14 +89,44 @@ def test_wrong_motions_are_measured_in_degrees_and_scene_sizes(truth, tmp_path):
     assert chamfers[0] < 1e-3 < chamfers[1] < chamfers[2]
 
 
+def test_the_surface_fit_recovers_a_known_rigid_motion_and_needs_corresponding_vertices():
+    vertices, faces = icosphere(0.5)
+    vertices = vertices * [1.5, 1.0, 0.7]
+    weights = vertex_areas(vertices, faces)
+    a, b, c = (vertices[faces[:, k]] for k in range(3))
+    area = 0.5 * np.linalg.norm(np.cross(b - a, c - a), axis=1).sum()
+    assert abs(weights.sum() - area) < 1e-12 and (weights > 0).all()  # the area, shared among the corners
+    m = rigid(25, [0.3, -0.1, 0.2])
+    assert np.allclose(surface_fit(vertices, apply(m, vertices), weights), m, atol=1e-9)
+    assert surface_fit(vertices, apply(m, vertices)[:-1], weights) is None
+
+
+def test_a_deformation_with_a_rigid_part_is_told_from_the_motion_error(truth, tmp_path):
+    """Frame 1's true surface is turned 5 degrees more than its object's frame says (a deformation that
+    is a rotation): a prediction of the surface's motion is 5 degrees off the object's frame but exact
+    against the surface, and the row says how far the two references are apart."""
+    data, vertices, faces, motions, _ = truth
+    extra = rigid(5, [0.0, 0.0, 0.0])
+    surface = motions[1] @ extra
+    write_ply(os.path.join(data, "truth", "frame_000001.ply"), apply(surface, vertices), faces)
+    sequence = write_sequence(str(tmp_path / "surface"), [(apply(m, vertices), faces, m) for m in
+                                                          (motions[0], surface, motions[2])], "world")
+    frames = sequence_metrics(sequence, data, samples=4000)["frames"]
+    assert abs(frames[1]["rotation_deg"] - 5.0) < 1e-6 and frames[1]["rotation_fit_deg"] < 1e-4
+    assert abs(frames[1]["fit_deg"] - 5.0) < 1e-6 and frames[1]["translation_fit"] < 1e-6
+    assert frames[2]["fit_deg"] < 1e-4
+
+
 def test_dynamic_rows():
     started = {"device": "cpu", "backend": "torch",
                "config": {"preset": "cpu", "train": {"iterations": 1000},
                           "dynamic": {"frame_iterations": 300, "prediction_iterations": 100}}}
     metrics = {"cameras": 20, "size": [128, 128], "frames": [
         {"seconds": 120.0, "chamfer": 0.004, "f_1": 0.95, "rotation_deg": 0.0, "translation": 0.0},
-        {"seconds": 50.0, "chamfer": 0.002, "f_1": 0.99, "rotation_deg": 1.0, "translation": 0.002},
-        {"seconds": 70.0, "chamfer": 0.003, "f_1": 0.97, "rotation_deg": 3.0, "translation": 0.004}]}
+        {"seconds": 50.0, "chamfer": 0.002, "f_1": 0.99, "rotation_deg": 1.0, "translation": 0.002,
+         "rotation_fit_deg": 0.5, "translation_fit": 0.001, "fit_deg": 1.2},
+        {"seconds": 70.0, "chamfer": 0.003, "f_1": 0.97, "rotation_deg": 3.0, "translation": 0.004,
+         "rotation_fit_deg": 1.5, "translation_fit": 0.003, "fit_deg": 2.5}]}
     row = dynamic_row(MACHINE, started, True, metrics, 300.0, argparse.Namespace(), date="2026-11-21")
     assert row["steps"] == "1000 + 300 + 100" and row["prediction"] == "on" and row["frames"] == "3"
     assert row["first frame s"] == "120.0" and row["s/frame"] == "60.0" and row["size px"] == "128x128"
@@ -102,6 +134,8 @@ def test_dynamic_rows():
     assert row["rotation err deg mean"] == "2.00" and row["rotation err deg max"] == "3.00"  # later frames only
     assert row["translation err % mean"] == "0.30" and row["translation err % max"] == "0.40"
     assert row["chamfer % per frame"] == "0.40 0.20 0.30"
+    assert row["surface rotation err deg mean"] == "1.00" and row["surface rotation err deg max"] == "1.50"
+    assert row["surface translation err % mean"] == "0.20" and row["deformation's rotation deg max"] == "2.50"
     off = dynamic_row(MACHINE, started, False, metrics, 300.0, argparse.Namespace())
     assert off["steps"] == "1000 + 300" and off["prediction"] == "off"
     spec = registry.BENCHMARKS["dynamic"]
