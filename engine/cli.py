@@ -173,7 +173,7 @@ def calibrate_into_job(args, out, cancel):
     return transforms
 
 
-def resolve_config(args):
+def resolve_config(args, warn):
     from .config import preset
     from .export.command import apply_train_flags
     from .jobdir import read_config
@@ -210,6 +210,10 @@ def resolve_config(args):
     cfg.device = args.device
     if args.backend is not None:
         cfg.backend = args.backend
+    elif args.resume and os.path.exists(saved):  # the saved backend is what ran there, maybe another machine
+        from .nn.backends import reopened_backend
+        from .session import resolve_device
+        cfg.backend = reopened_backend(cfg.backend, resolve_device(cfg.device), cfg.encoding.features, warn)
     return cfg
 
 
@@ -226,7 +230,7 @@ def run_train(args, out):
         raise InputError(f"--out {os.path.abspath(args.out)} holds an earlier job: add --resume to go on with it, "
                          f"--overwrite to replace it, or choose another folder")
     from .calibrate.run import Cancelled as CalibrationCancelled, needs_calibration
-    cfg = resolve_config(args)
+    cfg = resolve_config(args, out.warn)
     photos = needs_calibration(args.data)
     if not photos:  # a rig is checked before the job folder is touched
         rig = load_rig(args.data)
@@ -285,6 +289,9 @@ def load_job(job, out):
     if not os.path.isfile(os.path.join(job, protocol.CONFIG_FILE)):
         raise InputError(f"{job}: not a job directory (no {protocol.CONFIG_FILE})")
     cfg = read_config(os.path.join(job, protocol.CONFIG_FILE))
+    from .nn.backends import reopened_backend
+    from .session import resolve_device
+    cfg.backend = reopened_backend(cfg.backend, resolve_device(cfg.device), cfg.encoding.features, out.warn)
     events_path = os.path.join(job, protocol.EVENTS_FILE)
     events = protocol.read_events(events_path) if os.path.isfile(events_path) else []
     data = next((e.get("data") for e in events if e["event"] == protocol.STARTED), None)

@@ -74,6 +74,18 @@ def resolve_backend(requested, device, features=2):
     return requested
 
 
+def reopened_backend(saved, device, features, warn):
+    """The backend to go on with a job (resume, extract, evaluate) that ran with `saved`: the same when
+    it runs here, else `auto` with a warning: torch, triton and numba keep the same tables, so a job
+    trained on a CPU with numba reopens on a GPU with triton and back. tcnn's parameters are its own
+    (engine.train.checkpoints says so on loading), so a tcnn job keeps asking for tcnn."""
+    if saved in (None, "auto", "tcnn") or why_unusable(saved, device, features) is None:
+        return saved
+    warn(f"the job ran with the {saved} encoding backend, which cannot run here "
+         f"({why_unusable(saved, device, features)}); going on with --backend auto")
+    return "auto"
+
+
 def kernel_problem(backend, device, features=2, sdf_hidden=None, half_table=False):
     """None when `backend`'s kernels compile and agree with the torch reference on `device`, else why
     not, in words. Only Triton on CUDA is checked (engine.nn.kernel_check.self_check: a few seconds the

@@ -5,6 +5,7 @@ backend is exercised against a stand-in `tinycudann` module with its Encoding in
 torch: what is checked is what Marble passes to tiny-cuda-nn and does with its output and parameters.
 """
 import io
+import json
 import math
 import os
 import sys
@@ -221,3 +222,41 @@ def test_the_doctor_lists_only_backends_whose_kernels_pass(monkeypatch):
     monkeypatch.setattr(backends, "_triton_problem", lambda *args: None)
     report = doctor.diagnose()
     assert report["backends"] == ["triton", "torch"] and report["unusable_backends"] == {}
+
+
+def test_a_job_reopens_with_auto_where_its_backend_cannot_run(monkeypatch):
+    """Resume, extract and evaluate read the backend the job ran with; moved to a machine that cannot run
+    it (a numba job on a GPU, a triton job on a CPU) they go on with auto and say so. tcnn keeps its own."""
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+    warnings = []
+    assert backends.reopened_backend("torch", "cpu", 2, warnings.append) == "torch"
+    assert backends.reopened_backend("auto", "cpu", 2, warnings.append) == "auto"
+    assert backends.reopened_backend("numba", "cpu", 2, warnings.append) == "numba" and warnings == []
+    assert backends.reopened_backend("triton", "cpu", 2, warnings.append) == "auto"
+    assert backends.reopened_backend("numba", "cuda", 2, warnings.append) == "auto"
+    assert backends.reopened_backend("tcnn", "cpu", 2, warnings.append) == "tcnn"
+    assert len(warnings) == 2 and "triton" in warnings[0] and "numba" in warnings[1]
+    assert all("--backend auto" in w for w in warnings)
+
+
+def test_a_job_trained_with_a_gpu_backend_is_extracted_and_resumed_on_the_cpu(tmp_path, monkeypatch):
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+    rig = make_rig(tmp_path, ring_cameras(count=4, width=24, height=20, focal=30.0), name="tiny")
+    job = str(tmp_path / "job")
+    code, events, err = run_engine(["train", "--data", rig, "--out", job, "--backend", "torch",
+                                    "--iterations", "2", "--resolution", "16"])
+    assert code == 0, err
+    config = os.path.join(job, "config.json")
+    with open(config) as f:
+        saved = json.load(f)
+    saved["backend"] = "triton"  # as a job trained on a GPU writes it
+    with open(config, "w") as f:
+        json.dump(saved, f)
+    for command in (["extract", job, "--resolution", "16"],
+                    ["train", "--data", rig, "--out", job, "--resume", "--iterations", "3", "--resolution", "16"]):
+        code, events, err = run_engine(command)
+        assert code == 0, err
+        warned = [e["message"] for e in events if e["event"] == "warning"]
+        assert any("triton" in w and "--backend auto" in w for w in warned), warned
+    started = next(e for e in events if e["event"] == "started")
+    assert started["backend"] == backends.available_backends("cpu")[0]
