@@ -52,6 +52,11 @@ class MarbleSceneSettings(bpy.types.PropertyGroup):
         name="Mesh Resolution", description="Marching-cubes grid resolution of the extracted mesh",
         default=256, min=RESOLUTION_MIN, max=RESOLUTION_MAX)
     device: bpy.props.EnumProperty(name="Device", items=(DEFAULT_ITEM,) + enum_items(config.DEVICES), default='default')
+    gpus: bpy.props.IntProperty(
+        name="GPUs", default=1, min=1, max=64, soft_max=8,
+        description="Spread a dynamic rig's frames over this many GPUs of this machine: the engine runs "
+                    "under torchrun, one process a GPU, each training its own stretch of frames into the "
+                    "same sequence (1: one process; a static rig always trains on one)")
     use_masks: bpy.props.BoolProperty(
         name="Use Masks", default=True,
         description="Train with the rig's object masks (alpha or mask images) when it has them; off: "

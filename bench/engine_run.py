@@ -13,9 +13,10 @@ def _print(message):
     print(f"[bench] {message}", flush=True)
 
 
-def run_engine(arguments, log_path, tag="engine", python=None, env=None, timeout_s=None, say=_print):
+def run_engine(arguments, log_path, tag="engine", python=None, env=None, timeout_s=None, say=_print, processes=1):
     """Run `PYTHON -m engine ARGUMENTS` in the repository root (stdin from /dev/null: a pipe that closes
-    would cancel it; stderr into `log_path`), printing its progress now and then through `say`.
+    would cancel it; stderr into `log_path`), printing its progress now and then through `say`;
+    `processes` > 1: under torchrun (`-m torch.distributed.run --standalone`), one engine a process.
 
     Returns dict(code, wall_s, peak_mb, timed_out, events, log): every JSON event with `_wall`, the
     seconds from our start to its arrival; peak_mb the engine process's peak resident memory (ru_maxrss
@@ -24,7 +25,9 @@ def run_engine(arguments, log_path, tag="engine", python=None, env=None, timeout
     """
     from engine.io.protocol import decode  # standard library only, like this module
 
-    command = [python or sys.executable, "-m", "engine", *arguments]
+    launcher = [] if processes <= 1 else ["-m", "torch.distributed.run", "--standalone",
+                                          f"--nproc-per-node={int(processes)}"]
+    command = [python or sys.executable, *launcher, "-m", "engine", *arguments]
     os.makedirs(os.path.dirname(os.path.abspath(log_path)), exist_ok=True)
     events = []
     started = last_print = time.perf_counter()

@@ -63,9 +63,10 @@ def venv_json(python, arguments, env, what):
     return json.loads(lines[-1])
 
 
-def train(python, scene, data, job, options, env, extra=()):
+def train(python, scene, data, job, options, env, extra=(), processes=1):
     """`python -m engine train` of `data` into the (emptied) folder `job` with options.preset, its
-    --set overrides and --iterations; returns (run_engine's dict, the `started` event)."""
+    --set overrides and --iterations (under torchrun with `processes` > 1); returns (run_engine's dict,
+    the `started` event)."""
     if os.path.isdir(job):
         shutil.rmtree(job)
     os.makedirs(job)
@@ -74,8 +75,9 @@ def train(python, scene, data, job, options, env, extra=()):
         arguments += ["--set", assignment]
     if options.iterations:
         arguments += ["--iterations", str(options.iterations)]
-    log("bench", f"{scene}: python -m engine {shlex.join(arguments)}")
-    run = run_engine(arguments, os.path.join(job, "engine.log"), scene, python=python, env=env)
+    launcher = "python -m engine" if processes <= 1 else f"torchrun --nproc-per-node={processes} -m engine"
+    log("bench", f"{scene}: {launcher} {shlex.join(arguments)}")
+    run = run_engine(arguments, os.path.join(job, "engine.log"), scene, python=python, env=env, processes=processes)
     started = last_event(run["events"], "started")
     if run["code"] != 0 or not last_event(run["events"], "done"):
         message = last_event(run["events"], "error").get("message") or "no error event"

@@ -15,7 +15,7 @@ import sys
 from tools import REPO, log
 
 NAMES = ("demo", "rigs", "jobs", "quality", "dynamic", "sequence", "speed", "compile", "contention", "calibrate",
-         "texture")
+         "texture", "scale")
 BENCH_DIR = os.path.dirname(os.path.abspath(__file__))
 BENCHMARKS_DOC = os.path.join(REPO, "docs", "benchmarks.md")
 BENCHMARKS_HEADER = ("# Benchmarks\n\nWritten by `python3 build.py bench [NAMES]`: one section per benchmark, "
@@ -119,6 +119,8 @@ def parser():
     dynamic.add_argument("--frames", type=int, default=8, help="frames of the dynamic scene (default 8)")
     dynamic.add_argument("--cameras", type=int, default=20, help="cameras of the dynamic scene (default 20)")
     dynamic.add_argument("--resolution", type=int, default=128, help="marching cubes resolution per frame (default 128)")
+    dynamic.add_argument("--processes", type=lambda text: [int(p) for p in _comma_list(text)],
+                         help="scale: process counts to train the dynamic scene with (default 1,2)")
     texture = result.add_argument_group("texture")
     texture.add_argument("--faces", type=int, default=DEFAULT_FACES,
                          help=f"faces of the decimated and the textured export (default {DEFAULT_FACES})")

@@ -14,7 +14,7 @@ import sys
 import traceback
 
 from .config import BACKENDS, DEVICES, PRESETS, RANGES, InputError, range_problem
-from .events import CancelWatch, Emitter
+from .events import CancelWatch, Emitter, emitter_for
 from .io import protocol
 from .threads import choose_threads, configure_openmp
 
@@ -222,24 +222,33 @@ def run_train(args, out):
 
     from .io.rig import load_rig
     from .session import Session
+    from .train import ranks as spread
     from .train.dynamic import SequenceTrainer
+    from .train.parallel import DataParallelTrainer
     from .train.trainer import Cancelled, Trainer, write_config
     from .jobdir import JobLock, check_out_folder, clear_job, holds_a_job
+    ranks = spread.Ranks.from_env()  # torchrun's processes: rank 0 prepares the job folder, the others join
     check_out_folder(args.out)
-    if not args.resume and holds_a_job(args.out) and not args.overwrite:
+    if ranks.leader and not args.resume and holds_a_job(args.out) and not args.overwrite:
         raise InputError(f"--out {os.path.abspath(args.out)} holds an earlier job: add --resume to go on with it, "
                          f"--overwrite to replace it, or choose another folder")
     from .calibrate.run import Cancelled as CalibrationCancelled, needs_calibration
     cfg = resolve_config(args, out.warn)
     photos = needs_calibration(args.data)
+    if photos and ranks.spread:
+        raise InputError(f"{args.data}: photographs without cameras are calibrated by one process; run "
+                         f"`python -m engine calibrate` first, then torchrun the training on its dataset")
     if not photos:  # a rig is checked before the job folder is touched
         rig = load_rig(args.data)
         session = Session.open(cfg, rig, args.out, region=args.region)
-    os.makedirs(args.out, exist_ok=True)
-    JobLock(args.out).acquire()  # held until the process ends
-    if args.overwrite and not args.resume:
-        clear_job(args.out)
-    out.attach(args.out)
+        if ranks.spread:
+            start_ranks(session, ranks)
+    if ranks.leader:
+        os.makedirs(args.out, exist_ok=True)
+        JobLock(args.out).acquire()  # held until the process ends
+        if args.overwrite and not args.resume:
+            clear_job(args.out)
+        out.attach(args.out)
     if photos:
         from .calibrate.sfm import pycolmap_module
         pycolmap_module()  # before CancelWatch: importing it installs glog's own SIGTERM handler
@@ -255,28 +264,55 @@ def run_train(args, out):
             cancel.restore()
             raise
         session = Session.open(cfg, rig, args.out, region=args.region)
-    write_config(args.out, cfg)
-    threads, why = choose_threads()
+    if ranks.leader:
+        write_config(args.out, cfg)
+        if ranks.spread and session.dynamic:
+            spread.write_plan(args.out, ranks.world, session.frames, args.resume)
+    if ranks.spread:
+        torch.distributed.barrier()  # the job folder is ready (rank 0) before the other ranks use it
+        if not ranks.leader:
+            folder = spread.rank_dir(args.out, ranks.rank)
+            os.makedirs(folder, exist_ok=True)
+            JobLock(folder).acquire()
+            out.attach(folder)
+    threads, why = choose_threads(share=ranks.local_world if session.device == "cpu" else 1)
     torch.set_num_threads(threads)
     out.log(f"{threads} CPU thread{'s' if threads > 1 else ''} ({why})")
     try:
         # The kernels run once before the job starts; a backend that fails here gives way to torch
         # (with a warning event), and the job trains with what `started` names.
         session.check_backend(out.warn)
+        if session.backend == "numba":
+            from .nn.hashgrid_numba import use_threads
+            use_threads(threads)
         out.emit(protocol.STARTED, **session.started_fields())
         out.log(f"training {rig.path} ({len(rig.views)} views) with preset {cfg.preset} on {session.device}, "
                 f"{cfg.train.iterations} iterations, into {os.path.abspath(args.out)}")
         if session.dynamic and cfg.export.faces:
             out.warn("--export-faces exports static jobs when they end; export a dynamic job's frames later with "
                      "`python -m engine export JOB --frame F` or `--format usd`")
-        kind = SequenceTrainer if session.dynamic else Trainer
+        kind = SequenceTrainer if session.dynamic else DataParallelTrainer if ranks.spread else Trainer
         outputs = kind(session, out, cancel.requested).run(resume=args.resume)
+        if not ranks.leader:  # rank 0's `done` is the job's; this rank's own goes to its events file
+            out.emit(protocol.DONE, outputs=outputs)
+            return protocol.EXIT_OK
     except Cancelled:
         return protocol.EXIT_CANCELLED
     finally:
         cancel.restore()
     out.emit(protocol.DONE, outputs=outputs)
     return protocol.EXIT_OK
+
+
+def start_ranks(session, ranks):
+    """Join torchrun's process group and take this process's GPU: gloo on the CPU (a dynamic job only
+    meets at the start; a static one averages its gradients every step), NCCL for CUDA tensors."""
+    import torch
+    if session.device == "cuda":
+        torch.cuda.set_device(ranks.local_rank)
+    if not torch.distributed.is_initialized():
+        torch.distributed.init_process_group("cpu:gloo,cuda:nccl" if session.device == "cuda" else "gloo")
+    session.ranks = ranks
 
 
 def load_job(job, out):
@@ -405,7 +441,7 @@ def main(argv=None):
     if args.command == "doctor":  # no events: one JSON report, whatever this Python lacks
         from .doctor import main as doctor
         return doctor()
-    out = Emitter()
+    out = emitter_for(args.command)  # a torchrun rank after 0 prints only its frames, warnings and errors
     bad_input = ()  # the types below once they import: without torch, importing config is what fails
     try:
         from .io.rig import RigError

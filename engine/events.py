@@ -27,9 +27,10 @@ class Emitter:
         return time.monotonic() - self.start
 
     def emit(self, kind, **fields):
-        line = protocol.encode(protocol.make_event(kind, self.elapsed(), **fields))
-        self.stream.write(line + "\n")
-        self.stream.flush()
+        line = protocol.encode(protocol.make_event(kind, self.elapsed(), **self.fields(fields)))
+        if self.shows(kind):
+            self.stream.write(line + "\n")
+            self.stream.flush()
         if self.file is not None:
             try:
                 self.file.write(line + "\n")
@@ -37,6 +38,14 @@ class Emitter:
             except OSError as exc:  # a full disk: stdout (the add-on) still gets every event
                 self.file = None
                 self.log(f"warning: {protocol.EVENTS_FILE} is no longer written ({exc.strerror or exc})")
+
+    def fields(self, fields):
+        """An event's fields as written (RankEmitter adds the rank)."""
+        return fields
+
+    def shows(self, kind):
+        """Whether events of `kind` go to stdout as well as events.jsonl."""
+        return True
 
     def log(self, message):
         sys.stderr.write(f"[marble {self.elapsed():7.1f}s] {message}\n")
@@ -50,6 +59,39 @@ class Emitter:
         if self.file is not None:
             self.file.close()
             self.file = None
+
+
+# What the processes of a spread job other than rank 0 print on stdout (all of their events go to
+# JOB/ranks/R/events.jsonl): the add-on follows rank 0's progress and every rank's frames, warnings and
+# errors (engine/train/ranks.py).
+FORWARDED = (protocol.MESH, protocol.WARNING, protocol.ERROR)
+
+
+class RankEmitter(Emitter):
+    """The events of a torchrun rank after 0: all into JOB/ranks/R/events.jsonl, and the FORWARDED kinds, with
+    the rank's number, onto stdout beside rank 0's."""
+
+    def __init__(self, rank, stream=None):
+        super().__init__(stream=stream)
+        self.rank = rank
+
+    def fields(self, fields):
+        return dict(fields, rank=self.rank)
+
+    def shows(self, kind):
+        return kind in FORWARDED
+
+    def log(self, message):
+        super().log(f"rank {self.rank}: {message}")
+
+
+def emitter_for(command, environ=None):
+    """The emitter of this process: a RankEmitter for `train` as a torchrun rank after 0."""
+    env = os.environ if environ is None else environ
+    rank = env.get("RANK", "").strip()
+    if command == "train" and "WORLD_SIZE" in env and rank.isdigit() and int(rank) > 0:
+        return RankEmitter(int(rank))
+    return Emitter()
 
 
 class CancelWatch:

@@ -12,7 +12,8 @@ from .io import protocol
 LOCK_FILE = ".marble.lock"
 # What an earlier job leaves behind; any of these makes the folder "a job" that --resume continues.
 JOB_ENTRIES = (protocol.CONFIG_FILE, protocol.EVENTS_FILE, protocol.NORMALIZATION_FILE, protocol.CHECKPOINTS_DIR,
-               protocol.MESHES_DIR, protocol.PREVIEWS_DIR, protocol.CURVES_FILE, "eval", protocol.DATASET_DIR)
+               protocol.MESHES_DIR, protocol.PREVIEWS_DIR, protocol.CURVES_FILE, "eval", protocol.DATASET_DIR,
+               protocol.RANKS_DIR)
 
 try:
     import fcntl

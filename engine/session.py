@@ -64,6 +64,7 @@ class Session:
     region: tuple = None     # --region (x, y, z, radius) in world units, or None
     all_views: tuple = ()    # every view of the rig, whatever the trainers later keep
     appearance: bool = False # the colour network's per-image appearance embedding (resolve_appearance)
+    ranks: object = None     # this process's place under torchrun (engine.train.ranks.Ranks); None: alone
 
     @classmethod
     def open(cls, cfg, rig, job_dir, region=None):

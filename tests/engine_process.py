@@ -35,8 +35,9 @@ def assert_one_error(code, events, err, *expected):
     assert "Traceback" not in err
 
 
-def read_until(proc, kind, timeout=120):
-    """Events read from proc's stdout up to and including the first of `kind`."""
+def read_until(proc, kind, timeout=120, match=None):
+    """Events read from proc's stdout up to and including the first of `kind` (for which `match(event)`
+    holds, when given)."""
     events, deadline = [], time.monotonic() + timeout
     while time.monotonic() < deadline:
         line = proc.stdout.readline()
@@ -45,6 +46,6 @@ def read_until(proc, kind, timeout=120):
         event = protocol.decode(line)
         if event is not None:
             events.append(event)
-            if event["event"] == kind:
+            if event["event"] == kind and (match is None or match(event)):
                 return events
     raise AssertionError(f"no {kind} event; got {events}; stderr: {proc.stderr.read() if proc.stderr else '(in a file)'}")

@@ -185,6 +185,9 @@ class MARBLE_PT_train(MarbleSubPanel, bpy.types.Panel):
         col.prop(settings, "iterations")
         col.prop(settings, "resolution")
         col.prop(settings, "device")
+        gpus = col.row()
+        gpus.enabled = commands.rig_is_dynamic(settings)  # torchrun spreads a dynamic rig's frames
+        gpus.prop(settings, "gpus")
         col.prop(settings, "use_masks")
         col.prop(settings, "job_dir")
         region = regions.scene_region(context.scene)

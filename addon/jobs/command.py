@@ -11,6 +11,7 @@ import bpy
 from ...engine.io import protocol
 from .. import preferences
 from ..build import region as regions
+from ..build import rig as rig_build
 from .process import JobError
 from .reducer import has_checkpoint
 
@@ -36,9 +37,12 @@ def resolved_choice(value, preference_name, fallback):
     return getattr(prefs, preference_name, fallback) if prefs is not None else fallback
 
 
-def build_command(python, settings, rig_path, job_dir, region=None, resume=False, preview_every=0):
-    """The engine's command line; `region` (centre xyz, radius) in world units adds `--region X Y Z R`."""
-    command = [python, "-m", "engine", "train", "--data", rig_path, "--out", job_dir,
+def build_command(python, settings, rig_path, job_dir, region=None, resume=False, preview_every=0, processes=1):
+    """The engine's command line; `region` (centre xyz, radius) in world units adds `--region X Y Z R`;
+    `processes` > 1 runs it under torchrun, one process each (a dynamic rig's frames spread over GPUs)."""
+    launcher = [python, "-m", "engine"] if processes <= 1 else \
+        [python, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={int(processes)}", "-m", "engine"]
+    command = launcher + ["train", "--data", rig_path, "--out", job_dir,
                "--preset", resolved_choice(settings.preset, "default_preset", "cpu"),
                "--device", resolved_choice(settings.device, "default_device", "auto"),
                "--resolution", str(settings.resolution)]
@@ -54,6 +58,12 @@ def build_command(python, settings, rig_path, job_dir, region=None, resume=False
     if resume:
         command += ["--resume"]
     return command
+
+
+def rig_is_dynamic(settings):
+    """Whether the scene's imported rig has several frames (its collection says how many)."""
+    collection = settings.rig_collection
+    return collection is not None and int(collection.get(rig_build.PROP_FRAME_COUNT, 1) or 1) > 1
 
 
 def _fixed(value):
@@ -184,7 +194,8 @@ def plan(context, resume=False):
     region = regions.training_region(context.scene)
     prefs = preferences.get()
     command = build_command(python, settings, rig_path, job_dir, region=region, resume=resume,
-                            preview_every=prefs.preview_every if prefs is not None else 0)
+                            preview_every=prefs.preview_every if prefs is not None else 0,
+                            processes=settings.gpus if rig_is_dynamic(settings) else 1)
     return Plan(python, job_dir, command, region_obj.name if region_obj is not None and region is None else None)
 
 

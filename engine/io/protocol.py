@@ -69,6 +69,7 @@ TEXTURED_MESH_STEM = "mesh_textured"  # in MESHES_DIR: mesh_textured.glb, or .ob
                                       # (decimated, vertex colours); a dynamic frame's frame_000123_textured.*
 FRAME_TEXTURED_STEM = "frame_{:06d}_textured"  # a dynamic frame's export, in MESHES_DIR (+ .glb, .obj, ...)
 USD_SEQUENCE_FILE = "sequence.usdc"  # a dynamic job's frames as one USD file of time-sampled meshes
+RANKS_DIR = "ranks"  # a job spread over processes by torchrun: plan.json, first_frame.pt, one folder a rank after 0
 DATASET_DIR = "dataset"  # in a job trained from photographs: the calibrated dataset (`calibrate`'s --out)
 
 # A calibrated dataset (`python -m engine calibrate --out DATASET`).

@@ -50,6 +50,13 @@ def available():
     return numba is not None
 
 
+def use_threads(threads):
+    """Run the kernels on `threads` threads (at most the pool numba started with): the engine's choice
+    for torch, so that the processes of a job spread on one machine do not fight over its cores."""
+    if numba is not None:
+        numba.set_num_threads(max(1, min(int(threads), numba.config.NUMBA_NUM_THREADS)))
+
+
 if numba is not None:
     _JIT = dict(fastmath=True, cache=True, nogil=True)
 

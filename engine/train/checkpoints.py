@@ -33,10 +33,16 @@ def latest_checkpoint(job_dir):
 
 
 def save_checkpoint(job_dir, step, state):
-    """Write `state` as step `step`'s checkpoint (unique temporary file renamed) and drop all but the
-    last KEEP. On a full disk the temporary file is removed, the older checkpoints stay, and DiskFull
-    says so."""
-    path = checkpoint_path(job_dir, step)
+    """Write `state` as step `step`'s checkpoint (write_state) and drop all but the last KEEP."""
+    path = write_state(checkpoint_path(job_dir, step), state)
+    for old in checkpoints(job_dir)[:-KEEP]:
+        os.remove(old)
+    return path
+
+
+def write_state(path, state):
+    """torch.save `state` to `path` through a unique temporary file renamed into place. On a full disk
+    the temporary file is removed, whatever was at `path` stays, and DiskFull says so."""
     fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=".tmp", dir=os.path.dirname(path))
     try:
         with os.fdopen(fd, "wb") as f:
@@ -50,8 +56,6 @@ def save_checkpoint(job_dir, step, state):
             raise DiskFull(exc.errno, f"no space left on the disk for the checkpoint {path}; the previous "
                                       f"checkpoints are intact: free some space and resume") from None
         raise
-    for old in checkpoints(job_dir)[:-KEEP]:
-        os.remove(old)
     return path
 
 

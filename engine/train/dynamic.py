@@ -2,16 +2,16 @@
 
 The first frame trains like a static scene (train.iterations steps). Each later frame starts from the
 previous frame's weights: first its rigid motion relative to the previous frame is predicted with the
-network frozen and every level open (global transformation prediction, engine/train/motion.py), which
+network frozen and every level open (global transformation prediction, engine/train/prediction.py), which
 places the frame's rays in the canonical space the network lives in; then, as NeuS2 does, the frame trains
 like a new job for dynamic.frame_iterations steps: a fresh optimiser, the coarse-to-fine schedules
 (levels, eps, curvature weight) restarted and run FRAME_SCHEDULE_SHARE of the frame's steps, and the
 frame's motion trained jointly with the network (NeuS2's finetune_global_movement) once every level is
 open again, so that it does not drift. The background model (unmasked scenes) sees the world's rays: it does not move with the object.
 Every frame ends with its mesh, JOB/meshes/frame_%06d.ply, and JOB/meshes/sequence.json rewritten to
-list every finished frame.
+list every finished frame. Under torchrun the frames are shared out among the processes
+(engine/train/ranks.py): each trains its own frames with this trainer.
 """
-import math
 import os
 import time
 
@@ -25,22 +25,11 @@ from .motion import axis_angle_to_matrix, compose, from_canonical, matrix_to_axi
 from ..io.ply import write_ply
 from ..io.sequence import sequence_path, write_sequence
 from ..render import OccupancyGrid
-from .checkpoints import load_newest_intact
+from . import ranks as spread
+from .checkpoints import load_checkpoint, load_newest_intact, write_state
+from .prediction import PREDICTION_FINAL_LR, MotionPrediction
 from .trainer import Trainer, region_grid
 
-# Global transformation prediction (SequenceTrainer.predict_motion): Adam on the motion, its learning
-# rate warmed up over PREDICTION_WARMUP steps, in windows of PREDICTION_WINDOW steps; the learning rate
-# halves whenever a window's mean motion moved less than PREDICTION_STALL of Adam's full speed since the
-# window before, down to PREDICTION_FINAL_LR of dynamic.prediction_lr, where the motion is the mean of
-# PREDICTION_AVERAGED windows. PROBE_BATCHES batches of rays (fixed for the frame) choose the start and
-# score the result.
-PREDICTION_WARMUP = 10
-PREDICTION_WINDOW = 10
-PREDICTION_STALL = 0.3
-PREDICTION_FINAL_LR = 0.25
-PREDICTION_AVERAGED = 5
-PROBE_BATCHES = 4
-PROBE, STEPS = 1, 2      # purposes of the prediction's seeded generators
 # A later frame's levels all open within this share of its steps (or train.level_every's pace, if faster),
 # so that its last steps train the finest level too.
 FRAME_SCHEDULE_SHARE = 0.5
@@ -56,12 +45,19 @@ def orthonormal(rotation):
     return r
 
 
-class SequenceTrainer(Trainer):
+class SequenceTrainer(MotionPrediction, Trainer):
     """Trains the frames of a dynamic rig one after another (see the module's docstring)."""
 
     def __init__(self, session, emitter, cancel=None):
         super().__init__(session, emitter, cancel)
-        self.frames = list(session.frames)
+        self.ranks = session.ranks or spread.Ranks()
+        self.all_frames = list(session.frames)
+        # The frames this process goes through; guides: frames whose motion it only predicts, on its
+        # way from frame 0 to its chunk (engine.train.ranks).
+        self.frames, self.guides = spread.rank_frames(self.all_frames, self.ranks.world, self.ranks.rank)
+        if not self.ranks.leader:
+            self.checkpoint_home = spread.rank_dir(self.job_dir, self.ranks.rank)
+            os.makedirs(os.path.join(self.checkpoint_home, protocol.CHECKPOINTS_DIR), exist_ok=True)
         self.index = 0                                  # position in self.frames of the frame in hand
         self.phase = "train"                            # "predict" until a later frame's motion is known
         self.rotation, self.translation = np.eye(3), np.zeros(3)    # this frame's canonical transform
@@ -82,14 +78,22 @@ class SequenceTrainer(Trainer):
         dc = self.cfg.dynamic
         return dc.prediction_iterations if dc.predict_transform else 0
 
+    def frame_budget(self, index):
+        """Training steps of the later frame `index` (of this process's frames): dynamic.frame_iterations;
+        none for a guide; CHUNK_START_FACTOR times that for the first frame of a chunk that does not
+        follow frame 0's training directly (it starts from frame 0's weights)."""
+        if self.frames[index] in self.guides:
+            return 0
+        chunk_start = self.guides and self.frames[index - 1] in self.guides
+        return self.cfg.dynamic.frame_iterations * (spread.CHUNK_START_FACTOR if chunk_start else 1)
+
     def frame_begin(self, index):
-        """The global training step at which frame `index` (of the job's frames) starts training."""
-        return 0 if index == 0 else self.cfg.train.iterations + (index - 1) * self.cfg.dynamic.frame_iterations
+        """The global training step at which frame `index` (of this process's frames) starts training."""
+        return 0 if index == 0 else self.cfg.train.iterations + sum(self.frame_budget(i) for i in range(1, index))
 
     def work_before(self, index):
-        """Steps (training and prediction) of the job's frames before `index`."""
-        return 0 if index == 0 else (self.cfg.train.iterations
-                                     + (index - 1) * (self.cfg.dynamic.frame_iterations + self.prediction_steps()))
+        """Steps (training and prediction) of this process's frames before `index`."""
+        return 0 if index == 0 else (self.frame_begin(index) + (index - 1) * self.prediction_steps())
 
     def report(self, rate, prediction_step=None):
         """Progress fields for the whole sequence; rate: steps per second of the current phase."""
@@ -114,9 +118,9 @@ class SequenceTrainer(Trainer):
         FRAME_SCHEDULE_SHARE of its steps (train.level_every's pace when that is faster)."""
         if self.index == 0:
             return self.step
-        tc, dc = self.cfg.train, self.cfg.dynamic
+        tc = self.cfg.train
         closed = max(1, self.cfg.encoding.levels - min(tc.start_levels, self.cfg.encoding.levels))
-        frame_every = min(tc.level_every, max(1, int(dc.frame_iterations * FRAME_SCHEDULE_SHARE) // closed))
+        frame_every = min(tc.level_every, max(1, int(self.frame_budget(self.index) * FRAME_SCHEDULE_SHARE) // closed))
         return (self.step - self.frame_begin(self.index)) * tc.level_every // frame_every
 
     def extra_param_groups(self):
@@ -138,7 +142,7 @@ class SequenceTrainer(Trainer):
         if self.index == 0:
             return super().lr_factor()
         dc = self.cfg.dynamic
-        progress = min(1.0, (self.step - self.frame_begin(self.index)) / max(1, dc.frame_iterations))
+        progress = min(1.0, (self.step - self.frame_begin(self.index)) / max(1, self.frame_budget(self.index)))
         return dc.frame_lr_factor * (self.cfg.train.final_lr_factor / dc.frame_lr_factor) ** progress
 
     def position(self):
@@ -196,143 +200,6 @@ class SequenceTrainer(Trainer):
         self.grid = OccupancyGrid(resolution, region, self.device)
         self.grid.update(self.sdf_fn, self.model.sharpness())
 
-    # -- global transformation prediction --------------------------------------------------------
-    def prediction_generator(self, purpose):
-        """The prediction's own random numbers (rays and jitter), seeded by train.seed, the frame and
-        `purpose` (PROBE: the fixed batch that compares motions; STEPS: the optimiser's batches): the
-        same frame predicts the same motion whatever ran before it (a resumed job included) and the
-        training draws stay the trainer's own."""
-        seed = np.random.SeedSequence([self.cfg.train.seed % 2 ** 63, self.frame % 2 ** 63, purpose])
-        return torch.Generator().manual_seed(int(seed.generate_state(1, np.uint64)[0]))
-
-    def prediction_loss(self, axis_angle, translation, batch, generator=None):
-        """Colour and silhouette loss of the frame's rays placed by the relative motion (axis_angle,
-        translation) after the previous frame's canonical transform, through the frozen network;
-        the samples along the rays are jittered with `generator` (None: the trainer's)."""
-        origins, dirs, rgb, mask = batch
-        previous = self.transform_tensors(*self.previous)
-        rotation, shift = compose(previous[0], previous[1], axis_angle_to_matrix(axis_angle), translation)
-        saved = self.generator
-        if generator is not None:  # render() jitters with self.generator
-            self.generator = generator
-        try:
-            out = self.render(to_canonical(origins, rotation, shift), dirs @ rotation.T, cos_anneal=1.0,
-                              eps=self.model.sdf.finest_cell(), gradient=self.cfg.train.gradient, jitter=True,
-                              world_rays=(origins, dirs))
-        finally:
-            self.generator = saved
-        self.last_rays, self.last_samples = origins.shape[0], out["evaluated"]  # for the progress events
-        loss = (out["rgb"] - rgb).abs().mean()
-        if mask is not None:
-            opacity = out["opacity"].clamp(1e-3, 1.0 - 1e-3)
-            loss = loss + self.cfg.dynamic.prediction_mask_weight * torch.nn.functional.binary_cross_entropy(opacity, mask)
-        return loss
-
-    def probe_loss(self, motion):
-        """The prediction loss of `motion` (axis-angle and translation, 6 numbers) on the frame's probe:
-        PROBE_BATCHES batches of rays with their jitter, the same draws at every call, so that two
-        motions are compared on common random numbers."""
-        generator = self.prediction_generator(PROBE)
-        axis_angle, translation = torch.as_tensor(motion, dtype=torch.float32, device=self.device).split(3)
-        total = 0.0
-        with torch.no_grad():
-            for _ in range(PROBE_BATCHES):
-                batch = tuple(None if t is None else t.to(self.device) for t in self.data.sample(self.batch.rays, generator))
-                total += float(self.prediction_loss(axis_angle, translation, batch, generator))
-        return total / PROBE_BATCHES
-
-    def predict_motion(self):
-        """Optimise the frame's rigid motion relative to the previous frame with the network frozen
-        and set the frame's canonical transform; returns the probe loss of the predicted motion.
-
-        It starts from the better, on the probe, of no motion and the previous frame's motion. Adam
-        runs at dynamic.prediction_lr, warmed up over PREDICTION_WARMUP steps (Adam's first steps are
-        as long for a noisy gradient as for a clear one: a rotation the images show weakly would run
-        astray, then creep back), in windows of PREDICTION_WINDOW steps. Once the mean motion of a
-        window has moved less than PREDICTION_STALL of Adam's full speed (lr a step) on each of its six
-        numbers since the window before, the motion has stopped approaching and the learning rate
-        halves, down to PREDICTION_FINAL_LR of dynamic.prediction_lr. Once it stops there too, the
-        motion is the mean (Polyak) of PREDICTION_AVERAGED windows from there: converged. At most
-        dynamic.prediction_iterations steps. Rays and jitter come from the frame's own seeded
-        generators (prediction_generator), not from the trainer's."""
-        self.out.emit(protocol.STAGE, name="predict", frame=self.frame)
-        self.model.sdf.grid.set_active_levels(self.cfg.encoding.levels)  # all that the previous frame learnt
-        frozen = [p for p in self.model.parameters() if p.requires_grad]
-        for p in frozen:
-            p.requires_grad_(False)
-        try:
-            still = np.zeros(6)
-            starts = [still] + ([] if np.allclose(self.relative[0], np.eye(3)) and not np.any(self.relative[1])
-                                else [np.concatenate([matrix_to_axis_angle(self.relative[0]), self.relative[1]])])
-            scores = [self.probe_loss(m) for m in starts]
-            start = starts[int(np.argmin(scores))]
-            motion, steps, converged = self.optimise_motion(start)
-            loss = self.probe_loss(motion)
-        finally:
-            for p in frozen:
-                p.requires_grad_(True)
-        with torch.no_grad():
-            self.motion.copy_(torch.as_tensor(motion, dtype=torch.float32))
-        self.settle_transform()
-        angle = math.degrees(np.linalg.norm(motion[:3]))
-        self.out.log(f"frame {self.frame}: predicted motion {angle:.2f} deg, translation "
-                     f"{np.round(self.relative[1], 4).tolist()} (region radii) in {steps} steps"
-                     f"{'' if converged else ' (not converged: dynamic.prediction_iterations reached)'}; "
-                     f"loss {loss:.4f}, {scores[0]:.4f} without motion")
-        return loss
-
-    def optimise_motion(self, start):
-        """Adam on the motion (6 numbers: axis-angle, translation) from `start`, as predict_motion
-        describes; returns (the motion, steps taken, whether it converged)."""
-        dc = self.cfg.dynamic
-        generator = self.prediction_generator(STEPS)
-        axis_angle, translation = (x.clone().requires_grad_(True) for x in self.transform_tensors(start[:3], start[3:]))
-        optimizer = torch.optim.Adam([axis_angle, translation], lr=dc.prediction_lr, betas=(0.9, 0.99))
-        lr, final_lr = dc.prediction_lr, dc.prediction_lr * PREDICTION_FINAL_LR
-        window, means, averaged = [], [], []  # this window's motions; every window's mean; the averaged ones
-        motion = np.asarray(start, dtype=float)
-        started, last_report, loss, step = time.monotonic(), 0.0, float("nan"), 0
-        while step < dc.prediction_iterations and len(averaged) < PREDICTION_AVERAGED:
-            self.stop_if_cancelled()
-            if step < PREDICTION_WARMUP:
-                for group in optimizer.param_groups:
-                    group["lr"] = lr * (step + 1) / PREDICTION_WARMUP
-            batch = tuple(None if t is None else t.to(self.device) for t in self.data.sample(self.batch.rays, generator))
-            value = self.prediction_loss(axis_angle, translation, batch, generator)
-            optimizer.zero_grad(set_to_none=True)
-            value.backward()
-            if all(torch.isfinite(p.grad).all() for p in (axis_angle, translation)):
-                optimizer.step()  # (a batch without a usable gradient must not spoil the motion)
-                loss = float(value.detach())
-            step += 1
-            motion = torch.cat([axis_angle, translation]).detach().double().cpu().numpy()
-            window.append(motion)
-            if len(window) == PREDICTION_WINDOW:
-                means.append((np.mean(window, 0), lr))
-                window = []
-                if averaged:
-                    averaged.append(means[-1][0])
-                elif len(means) > 1 and (np.abs(means[-1][0] - means[-2][0]).max()
-                                         < PREDICTION_STALL * lr * PREDICTION_WINDOW):
-                    if lr > final_lr:  # it stopped approaching: a smaller step for a closer look
-                        lr = max(lr * 0.5, final_lr)
-                        for group in optimizer.param_groups:
-                            group["lr"] = lr
-                    else:              # ... and at the smallest, average from here (with the window before)
-                        averaged = [m for m, at in means[-2:] if at == final_lr]
-            now = time.monotonic()
-            if now - last_report > 0.5 or step == dc.prediction_iterations or len(averaged) >= PREDICTION_AVERAGED:
-                last_report = now
-                rate = step / max(now - started, 1e-6)
-                self.out.emit(protocol.PROGRESS, iteration=step, total=dc.prediction_iterations,
-                              loss=round(loss, 6), losses={"prediction": round(loss, 6)}, psnr=None,
-                              it_per_s=round(rate, 2), rays=self.last_rays, samples=self.last_samples,
-                              **self.report(rate, prediction_step=step))
-        if averaged:  # (the steps of a window the cap cut short count too)
-            motion = ((np.sum(averaged, 0) * PREDICTION_WINDOW + np.sum(window, 0))
-                      / (len(averaged) * PREDICTION_WINDOW + len(window)))
-        return np.asarray(motion, dtype=float), step, len(averaged) >= PREDICTION_AVERAGED
-
     # -- meshes ----------------------------------------------------------------------------------
     def world_from_canonical(self):
         n = self.data.normalization
@@ -377,8 +244,31 @@ class SequenceTrainer(Trainer):
             if name == protocol.SEQUENCE_FILE or (name.startswith("frame_") and name.endswith(".ply")):
                 os.remove(os.path.join(folder, name))
 
-    def write_sequence(self):
-        return write_sequence(sequence_path(self.job_dir), self.cfg.dynamic.coordinates, self.entries)
+    def write_sequence(self, finished=False):
+        """sequence.json with every finished frame (a spread job's rank 0 adds the other ranks'); a rank
+        after 0 lists its frames in its own frames.json instead. Returns sequence.json's path."""
+        path = sequence_path(self.job_dir)
+        if not self.ranks.leader:
+            spread.write_rank_frames(self.job_dir, self.ranks.rank, self.entries, finished)
+            return path
+        entries = spread.merged_entries(self.job_dir, self.ranks.world, self.entries) if self.ranks.spread else self.entries
+        return write_sequence(path, self.cfg.dynamic.coordinates, entries)
+
+    def missing_frames(self):
+        """The job's frames that sequence.json does not list yet."""
+        listed = {e["frame"] for e in spread.merged_entries(self.job_dir, self.ranks.world, self.entries)}
+        return [f for f in self.all_frames if f not in listed]
+
+    def stop_if_cancelled(self):
+        """Stopped (a cancel, or torchrun stopping the processes because one died): a spread job's rank 0
+        first lists what the other ranks finished and says which frames --resume still has to train."""
+        if self.ranks.spread and self.ranks.leader and self.cancel is not None and self.cancel.is_set():
+            self.write_sequence()
+            missing = self.missing_frames()
+            if missing:
+                self.out.warn(f"frames {', '.join(map(str, missing))} are not trained yet; --resume under torchrun "
+                              f"with {self.ranks.world} processes trains them")
+        super().stop_if_cancelled()
 
     # -- checkpoints -------------------------------------------------------------------------------
     def checkpoint_extra(self):
@@ -413,15 +303,24 @@ class SequenceTrainer(Trainer):
     def run(self, resume=False):
         tc = self.cfg.train
         self.load()
-        self.out.log(f"dynamic rig: {len(self.frames)} frames ({self.frames[0]} to {self.frames[-1]}), "
+        self.out.log(f"dynamic rig: {len(self.all_frames)} frames ({self.all_frames[0]} to {self.all_frames[-1]}), "
                      f"{tc.iterations} steps for the first, {self.cfg.dynamic.frame_iterations} for each next; "
                      f"global transformation prediction {'on' if self.prediction_steps() else 'off'}")
-        latest, state = (load_newest_intact(self.job_dir, self.device, self.backend, self.out.warn) if resume
+        if self.ranks.spread:
+            chunk = [f for f in self.frames[1:] if f not in self.guides]
+            self.out.log(f"process {self.ranks.rank} of {self.ranks.world}: " + (
+                f"frames {chunk[0]} to {chunk[-1]}" if chunk else "no frames") + (
+                " after frame 0" if self.ranks.leader else f", from frame 0's weights through {len(self.guides)} "
+                                                           f"predicted frames"))
+        latest, state = (load_newest_intact(self.checkpoint_home, self.device, self.backend, self.out.warn) if resume
                          else (None, None))
         if latest is None:
             if resume:
                 self.out.warn("--resume: the job has no checkpoint yet; starting from the beginning")
-            self.remove_old_sequence()
+            if self.ranks.leader:
+                self.remove_old_sequence()
+            elif len(self.frames) > 1:
+                self.start_from_first_frame()
         else:
             self.restore_sequence(state, latest)   # the frame and its motion first: the optimiser holds it
             self.load_checkpoint(latest, state)
@@ -430,12 +329,46 @@ class SequenceTrainer(Trainer):
         self.emit_train_stage()
         while self.index < len(self.frames):
             self.train_frame()
-        sequence = sequence_path(self.job_dir)
-        return {"sequence": sequence, "meshes": os.path.dirname(sequence), "frames": len(self.entries)}
+        sequence = self.write_sequence(finished=True)
+        if self.ranks.spread and self.ranks.leader:
+            self.wait_for_the_other_ranks()
+        return {"sequence": sequence, "meshes": os.path.dirname(sequence),
+                "frames": len(self.all_frames) - len(self.missing_frames())}
+
+    def start_from_first_frame(self):
+        """A rank after 0: wait for frame 0's weights (rank 0 publishes them), then start at the first
+        frame after it, placed relative to frame 0."""
+        path = spread.first_frame_path(self.job_dir)
+        self.out.log(f"waiting for frame {self.frames[0]}'s weights ({path})")
+        spread.wait_until(lambda: os.path.exists(path), self.stop_if_cancelled)
+        state = load_checkpoint(path, self.device, self.backend)
+        self.load_checkpoint(path, state)
+        self.index, self.phase, self.entries = 1, "predict", []
+        self.previous = self.relative = (np.eye(3), np.zeros(3))
+        self.load_frame(1)
+        self.frame_clock = time.monotonic()
+
+    def wait_for_the_other_ranks(self):
+        """Rank 0 at the end of its chunk: rewrite sequence.json as the other ranks' frames come, until
+        every rank is done (progress: the job's frames listed)."""
+        total, last = len(self.all_frames), None
+        def done():
+            nonlocal last
+            listed = total - len(self.missing_frames())
+            if listed != last:
+                last = listed
+                self.write_sequence()
+                self.out.emit(protocol.PROGRESS, iteration=listed, total=total, loss=None, psnr=None,
+                              frame=None, phase="wait", sequence_progress=round(listed / total, 5))
+            return spread.all_finished(self.job_dir, self.ranks.world)
+        spread.wait_until(done, self.stop_if_cancelled)
+        self.write_sequence()
 
     def train_frame(self):
-        """Train the frame in hand (from wherever a resumed checkpoint left it) and write its mesh."""
+        """Train the frame in hand (from wherever a resumed checkpoint left it) and write its mesh; a
+        guide frame only gets its motion."""
         index = self.index
+        guide = self.frame in self.guides
         self.out.emit(protocol.STAGE, name="frame", frame=self.frame, index=index, count=len(self.frames))
         loss = None
         if self.phase == "predict":
@@ -444,18 +377,23 @@ class SequenceTrainer(Trainer):
             else:
                 self.rotation, self.translation = self.previous
             self.phase = "train"
-            self.make_optimizer()  # the frame trains like a new job (NeuS2), its motion with the network
-            self.update_region()
-            self.out.emit(protocol.STAGE, name="train", frame=self.frame)
+            if not guide:
+                self.make_optimizer()  # the frame trains like a new job (NeuS2), its motion with the network
+                self.update_region()
+                self.out.emit(protocol.STAGE, name="train", frame=self.frame)
         end = self.frame_begin(index + 1)
         if self.step < end:
             self.train_until(end, begin=self.frame_begin(index), report=self.report)
             loss = self.last_loss
         self.settle_transform()
-        self.finish_frame(loss if loss is not None else float("nan"))
+        if not guide:
+            self.finish_frame(loss if loss is not None else float("nan"))
         # The next frame starts from here: this frame's transform and weights, checkpointed.
         self.previous, self.index, self.phase = (self.rotation, self.translation), index + 1, "predict"
         self.frame_clock = time.monotonic()
-        self.save_checkpoint()
+        if not guide:
+            if index == 0 and self.ranks.spread:  # the other ranks start from here (before the checkpoint
+                write_state(spread.first_frame_path(self.job_dir), self.checkpoint_state())  # that skips it)
+            self.save_checkpoint()
         if self.index < len(self.frames):
             self.load_frame(self.index)

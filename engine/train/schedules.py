@@ -1,7 +1,5 @@
 """What changes with the step: the learning rate, the active hash-grid levels (NeuS2's progressive
 training), Neuralangelo's numerical-gradient step and curvature weight, and the adaptive ray batch."""
-import math
-
 MIN_RAYS = 64            # the adaptive batch never draws fewer rays (nor more than train.max_rays)
 BATCH_SMOOTHING = 0.9    # weight of the past in the adaptive batch's samples per ray
 

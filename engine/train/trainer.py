@@ -53,6 +53,9 @@ class Trainer:
         self.generator = torch.Generator().manual_seed(cfg.train.seed)
         self.batch = AdaptiveBatch(cfg.train)  # the ray batch: fixed, or adapted to train.target_samples
         self.last_rays = self.last_samples = 0
+        # Where checkpoints (and the event log they redraw curves.png from) live: the job folder, or a
+        # spread job's rank folder (engine.train.ranks).
+        self.checkpoint_home = self.job_dir
         for sub in (protocol.CHECKPOINTS_DIR, protocol.MESHES_DIR, protocol.PREVIEWS_DIR):
             os.makedirs(os.path.join(self.job_dir, sub), exist_ok=True)
 
@@ -123,18 +126,22 @@ class Trainer:
 
     # -- checkpoints ----------------------------------------------------------------------------
     def save_checkpoint(self):
-        state = {"step": self.step, "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
-                 "grid": self.grid.state_dict(), "scaler": self.scaler.state_dict(), "generator": self.generator.get_state(),
-                 "torch_rng": torch.get_rng_state(), "config": self.cfg.to_dict(), "backend": self.backend,
-                 "batch": self.batch.state(), **self.checkpoint_extra()}
-        path = save_checkpoint(self.job_dir, self.step, state)
+        path = save_checkpoint(self.checkpoint_home, self.step, self.checkpoint_state())
         self.write_curves()
         return path
+
+    def checkpoint_state(self):
+        """Everything a checkpoint holds: the training state, the config and checkpoint_extra()."""
+        return {"step": self.step, "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
+                "grid": self.grid.state_dict(), "scaler": self.scaler.state_dict(),
+                "generator": self.generator.get_state(), "torch_rng": torch.get_rng_state(),
+                "config": self.cfg.to_dict(), "backend": self.backend, "batch": self.batch.state(),
+                **self.checkpoint_extra()}
 
     def resume_checkpoint(self):
         """Restore the newest intact checkpoint (a damaged newer one is skipped with a warning); its
         path, or None when the job has none."""
-        path, state = load_newest_intact(self.job_dir, self.device, self.backend, self.out.warn)
+        path, state = load_newest_intact(self.checkpoint_home, self.device, self.backend, self.out.warn)
         if path is not None:
             self.load_checkpoint(path, state)
         return path
@@ -146,10 +153,10 @@ class Trainer:
     def write_curves(self):
         """Redraw JOB/curves.png from the job's events so far. Called with every checkpoint, which is
         also what happens on cancel and when training ends; a picture that fails never stops training."""
-        events = os.path.join(self.job_dir, protocol.EVENTS_FILE)
+        events = os.path.join(self.checkpoint_home, protocol.EVENTS_FILE)
         if not os.path.isfile(events):  # a Trainer driven without an event log (tests, scripts)
             return
-        path = os.path.join(self.job_dir, protocol.CURVES_FILE)
+        path = os.path.join(self.checkpoint_home, protocol.CURVES_FILE)
         try:
             from ..curves import write_curves
             write_curves(protocol.read_events(events), path)
@@ -240,11 +247,15 @@ class Trainer:
         loss, losses = training_losses(out, rgb_gt, mask, cfg, at)
         self.optimizer.zero_grad(set_to_none=True)
         self.scaler.scale(loss).backward()
+        self.before_step()
         self.scaler.step(self.optimizer)
         self.scaler.update()
         self.step += 1
         mse = float(((out["rgb"].detach() - rgb_gt) ** 2).mean())
         return float(loss.detach()), {k: float(v.detach()) for k, v in losses.items()}, -10.0 * math.log10(max(mse, 1e-10)), levels
+
+    def before_step(self):
+        """Between the backward and the optimiser step (data parallelism averages the gradients here)."""
 
     def run(self, resume=False):
         tc = self.cfg.train

@@ -79,6 +79,27 @@ def test_build_command_region(marble):
     assert "--region" not in build_command("py", settings, "rig.json", "job")
 
 
+def test_gpus_run_a_dynamic_rigs_engine_under_torchrun(marble):
+    """Train's GPUs setting: more than one runs the engine under torchrun, one process a GPU, for a rig
+    whose collection has several frames; a static rig keeps one process."""
+    settings, command = bpy.context.scene.marble, marble.jobs.command
+    assert command.build_command("py", settings, "rig.json", "job")[:4] == ["py", "-m", "engine", "train"]
+    spread = command.build_command("py", settings, "rig.json", "job", processes=2)
+    assert spread[:8] == ["py", "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2", "-m", "engine",
+                          "train"]
+    assert spread[8:] == command.build_command("py", settings, "rig.json", "job")[4:]
+    settings.rig_collection = None
+    assert not command.rig_is_dynamic(settings)
+    rig = bpy.data.collections.new("rig")
+    settings.rig_collection = rig
+    assert not command.rig_is_dynamic(settings)  # no frame count: an older import, a static rig
+    rig["marble_frame_count"] = 1
+    assert not command.rig_is_dynamic(settings)
+    rig["marble_frame_count"] = 3
+    assert command.rig_is_dynamic(settings)
+    assert settings.gpus == 1  # one process unless the artist asks
+
+
 def test_untouched_automatic_region_follows_the_engine(fake_engine):
     region = bpy.context.scene.marble.region
     assert region["marble_region_auto"]

@@ -174,3 +174,21 @@ def test_the_import_benchmark_torus_is_the_demo_torus_grid():
     uu, vv = np.meshgrid(np.arange(segments) * 2 * np.pi / segments, np.arange(rings) * 2 * np.pi / rings,
                          indexing="ij")
     assert np.allclose(u, uu.reshape(-1), atol=1e-12) and np.allclose(v, vv.reshape(-1), atol=1e-12)
+
+
+def test_scale_rows_put_processes_side_by_side():
+    from bench.scale import scale_row
+    started = {"device": "cpu", "backend": "numba",
+               "config": {"preset": "cpu", "train": {"iterations": 1000},
+                          "dynamic": {"frame_iterations": 300, "prediction_iterations": 200}}}
+    metrics = {"cameras": 20, "size": [128, 128], "frames": [
+        {"chamfer": 0.002}, {"chamfer": 0.004, "rotation_fit_deg": 0.5}, {"chamfer": 0.003, "rotation_fit_deg": 1.5}]}
+    one = scale_row(MACHINE, started, 1, metrics, 600.0, 600.0, date="2026-12-03")
+    two = scale_row(MACHINE, started, 2, metrics, 400.0, 600.0, date="2026-12-03")
+    assert one["speed-up"] == "1.00" and two["speed-up"] == "1.50" and two["processes"] == "2"
+    assert two["steps"] == "1000 + 300 + 200" and two["chamfer % max"] == "0.400"
+    assert two["surface rotation err deg mean"] == "1.00" and two["surface rotation err deg max"] == "1.50"
+    assert two["chamfer % per frame"] == "0.20 0.40 0.30"
+    spec = registry.BENCHMARKS["scale"]
+    assert set(two) == set(spec["columns"])
+    assert [one[k] for k in spec["key"]] != [two[k] for k in spec["key"]]  # each count keeps its row

@@ -29,7 +29,7 @@ def top_level_imports(path):
 
 def test_the_registry_knows_each_benchmark_module_and_its_description():
     assert list(registry.BENCHMARKS) == ["demo", "rigs", "jobs", "quality", "dynamic", "sequence", "speed", "compile",
-                                         "contention", "calibrate", "texture"]
+                                         "contention", "calibrate", "texture", "scale"]
     for name, spec in registry.BENCHMARKS.items():
         assert os.path.isfile(os.path.join(REPO, "bench", f"{name}.py")), name
         assert os.path.isfile(os.path.join(REPO, "bench", f"{name}.md")), name
@@ -70,7 +70,7 @@ def test_docs_benchmarks_md_is_reproduced_section_by_section():
     sections = re.split(r"(?m)^(?=## )", text)[1:]
     assert [s.splitlines()[0][3:].split(":")[0] for s in sections] == [
         "demo", "rigs", "quality", "jobs", "dynamic", "sequence", "speed", "compile", "contention", "calibrate",
-        "texture"]
+        "texture", "scale"]
     for section in sections:
         name = section.splitlines()[0][3:].split(":")[0]
         rows = registry.parse_table(section.splitlines())
