@@ -243,6 +243,8 @@ def run_train(args, out):
         session = Session.open(cfg, rig, args.out, region=args.region)
         if ranks.spread:
             start_ranks(session, ranks)
+        else:
+            spread.check_single_resume(args.out, args.resume)
     if ranks.leader:
         os.makedirs(args.out, exist_ok=True)
         JobLock(args.out).acquire()  # held until the process ends
@@ -275,16 +277,20 @@ def run_train(args, out):
             os.makedirs(folder, exist_ok=True)
             JobLock(folder).acquire()
             out.attach(folder)
-    threads, why = choose_threads(share=ranks.local_world if session.device == "cpu" else 1)
+    share = ranks.local_world if session.device == "cpu" else 1
+    threads, why = choose_threads(share=share)
+    if ranks.spread and ranks.leader and session.dynamic and share > 1:
+        # The other ranks wait for frame 0: rank 0 trains it on every core, then takes its share.
+        ranks.shared_threads = threads
+        threads, why = choose_threads(count_busy=False)  # (the load counts the waiting ranks' start-up)
+        why += f"; {ranks.shared_threads} once frame 0 is done and the other processes start"
     torch.set_num_threads(threads)
     out.log(f"{threads} CPU thread{'s' if threads > 1 else ''} ({why})")
     try:
         # The kernels run once before the job starts; a backend that fails here gives way to torch
         # (with a warning event), and the job trains with what `started` names.
         session.check_backend(out.warn)
-        if session.backend == "numba":
-            from .nn.hashgrid_numba import use_threads
-            use_threads(threads)
+        spread.use_threads(threads, session.backend)
         out.emit(protocol.STARTED, **session.started_fields())
         out.log(f"training {rig.path} ({len(rig.views)} views) with preset {cfg.preset} on {session.device}, "
                 f"{cfg.train.iterations} iterations, into {os.path.abspath(args.out)}")

@@ -47,10 +47,10 @@ def busy_cores(interval=0.3):
     return cores * (1.0 - (idle1 - idle0) / elapsed)
 
 
-def choose_threads(share=1):
+def choose_threads(share=1, count_busy=True):
     """(threads, why): MARBLE_THREADS when set, else the usable cores minus those other processes keep busy,
     divided among `share` processes of one job on this machine (torchrun's ranks start together, before
-    the load shows them)."""
+    the load shows them); every core with count_busy off."""
     value = os.environ.get(THREADS_ENV, "").strip()
     if value:
         try:
@@ -60,6 +60,8 @@ def choose_threads(share=1):
     cores = usable_cores()
     if share > 1:
         return max(1, cores // share), f"{cores} cores shared by {share} processes of the job"
+    if not count_busy:
+        return cores, f"{cores} cores"
     busy = busy_cores()
     threads = max(1, min(cores, int(round(cores - busy))))
     return threads, f"{cores} cores, {busy:.1f} busy with other work"

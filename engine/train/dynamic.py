@@ -84,7 +84,7 @@ class SequenceTrainer(MotionPrediction, Trainer):
         follow frame 0's training directly (it starts from frame 0's weights)."""
         if self.frames[index] in self.guides:
             return 0
-        chunk_start = self.guides and self.frames[index - 1] in self.guides
+        chunk_start = bool(self.guides) and self.frames[index - 1] in self.guides
         return self.cfg.dynamic.frame_iterations * (spread.CHUNK_START_FACTOR if chunk_start else 1)
 
     def frame_begin(self, index):
@@ -109,7 +109,9 @@ class SequenceTrainer(MotionPrediction, Trainer):
             eta = in_frame / max(rate, 1e-6) + (len(self.frames) - self.index - 1) * float(np.mean(later))
         else:
             eta = (total - done) / max(rate, 1e-6)
-        return {"frame": self.frame, "frame_index": self.index, "frame_count": len(self.frames),
+        # (rank 0 of a spread job: its frames are the job's first ones, so the index holds in the job's count)
+        count = len(self.all_frames) if self.ranks.leader else len(self.frames)
+        return {"frame": self.frame, "frame_index": self.index, "frame_count": count,
                 "phase": "predict" if prediction_step is not None else "train",
                 "sequence_progress": round(min(1.0, done / max(1, total)), 5), "eta_s": round(eta, 1)}
 
@@ -326,6 +328,8 @@ class SequenceTrainer(MotionPrediction, Trainer):
             self.load_checkpoint(latest, state)
             where = f"frame {self.frame} ({self.phase})" if self.index < len(self.frames) else "the end of the sequence"
             self.out.log(f"resumed from {latest} at {where}, step {self.step}")
+            if self.index > 0 and self.ranks.shared_threads:  # frame 0 is done: the others train too
+                spread.use_threads(self.ranks.shared_threads, self.backend)
         self.emit_train_stage()
         while self.index < len(self.frames):
             self.train_frame()
@@ -394,6 +398,9 @@ class SequenceTrainer(MotionPrediction, Trainer):
         if not guide:
             if index == 0 and self.ranks.spread:  # the other ranks start from here (before the checkpoint
                 write_state(spread.first_frame_path(self.job_dir), self.checkpoint_state())  # that skips it)
+                if self.ranks.shared_threads:  # ... and take their share of this machine's cores
+                    spread.use_threads(self.ranks.shared_threads, self.backend)
+                    self.out.log(f"{self.ranks.shared_threads} CPU threads from here (the other processes start)")
             self.save_checkpoint()
         if self.index < len(self.frames):
             self.load_frame(self.index)

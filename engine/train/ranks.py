@@ -18,6 +18,7 @@ No collective operation is needed after start-up: ranks wait on files (cancellab
 dies leaves the others to be stopped by torchrun; they checkpoint, rank 0 lists the frames missing
 from the sequence, and `--resume` (under torchrun again) trains them.
 """
+import glob
 import json
 import os
 import time
@@ -39,6 +40,7 @@ class Ranks:
 
     def __init__(self, rank=0, world=1, local_rank=0, local_world=1):
         self.rank, self.world, self.local_rank, self.local_world = rank, world, local_rank, local_world
+        self.shared_threads = None  # CPU threads rank 0 drops to once frame 0 is done (None: no change)
 
     @classmethod
     def from_env(cls, environ=None):
@@ -66,6 +68,15 @@ class Ranks:
     @property
     def leader(self):
         return self.rank == 0
+
+
+def use_threads(threads, backend):
+    """Run torch (and the numba kernels) on `threads` CPU threads."""
+    import torch
+    torch.set_num_threads(threads)
+    if backend == "numba":
+        from ..nn.hashgrid_numba import use_threads as numba_threads
+        numba_threads(threads)
 
 
 def chunks(frames, world):
@@ -105,6 +116,8 @@ def write_plan(job_dir, world, frames, resume):
     processes over the same frames."""
     path = os.path.join(ranks_dir(job_dir), PLAN_FILE)
     plan = {"world_size": world, "frames": list(map(int, frames)), "chunks": chunks(frames, world)}
+    if resume and not os.path.exists(path) and glob.glob(os.path.join(job_dir, protocol.CHECKPOINTS_DIR, "*.pt")):
+        raise InputError(f"--resume: {job_dir} was trained by one process; resume it without torchrun")
     if resume and os.path.exists(path):
         try:
             with open(path, encoding="utf-8") as f:
@@ -122,6 +135,14 @@ def write_plan(job_dir, world, frames, resume):
     os.makedirs(ranks_dir(job_dir), exist_ok=True)
     protocol.write_atomic(path, json.dumps(plan) + "\n")
     return path
+
+
+def check_single_resume(job_dir, resume):
+    """One process resuming: InputError when the job's frames were spread over several."""
+    world = read_plan_world(job_dir) if resume else 1
+    if world > 1:
+        raise InputError(f"--resume: the job ran on {world} processes; resume it under torchrun with "
+                         f"--nproc-per-node {world} (in all)")
 
 
 def read_plan_world(job_dir):

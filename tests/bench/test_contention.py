@@ -42,6 +42,18 @@ def test_a_busy_neighbour_is_counted_and_leaves_at_least_one_thread(monkeypatch)
     assert 1 <= chosen <= threads.usable_cores() - 0 and "busy" in why
 
 
+def test_processes_of_one_job_share_the_cores(monkeypatch):
+    """torchrun's ranks on one machine divide its cores (they start together, before the load shows
+    them); rank 0 training frame 0 alone takes them all, whatever the waiting ranks' start-up load."""
+    monkeypatch.delenv(threads.THREADS_ENV, raising=False)
+    monkeypatch.setattr(threads, "usable_cores", lambda: 8)
+    monkeypatch.setattr(threads, "busy_cores", lambda *a, **k: 3.0)
+    assert threads.choose_threads(share=2) == (4, "8 cores shared by 2 processes of the job")
+    assert threads.choose_threads(share=16)[0] == 1
+    assert threads.choose_threads(count_busy=False) == (8, "8 cores")
+    assert threads.choose_threads()[0] == 5
+
+
 def test_openmp_workers_wait_passively_unless_the_user_chose(monkeypatch):
     monkeypatch.delenv("OMP_WAIT_POLICY", raising=False)
     threads.configure_openmp()

@@ -177,7 +177,7 @@ def test_the_import_benchmark_torus_is_the_demo_torus_grid():
 
 
 def test_scale_rows_put_processes_side_by_side():
-    from bench.scale import scale_row
+    from bench.scale import scale_row, static_row
     started = {"device": "cpu", "backend": "numba",
                "config": {"preset": "cpu", "train": {"iterations": 1000},
                           "dynamic": {"frame_iterations": 300, "prediction_iterations": 200}}}
@@ -190,5 +190,25 @@ def test_scale_rows_put_processes_side_by_side():
     assert two["surface rotation err deg mean"] == "1.00" and two["surface rotation err deg max"] == "1.50"
     assert two["chamfer % per frame"] == "0.20 0.40 0.30"
     spec = registry.BENCHMARKS["scale"]
-    assert set(two) == set(spec["columns"])
+    assert set(two) == set(spec["columns"]) and two["scene"] == "dynamic torus"
     assert [one[k] for k in spec["key"]] != [two[k] for k in spec["key"]]  # each count keeps its row
+    static = static_row(MACHINE, dict(started, views=56), 2, {"chamfer": 0.0025}, 50.0, 100.0, 200, date="2026-12-03")
+    assert static["scene"] == "spot (static)" and static["speed-up"] == "2.00" and static["chamfer % mean"] == "0.250"
+    assert static["steps"] == "1000" and static["cameras"] == "56" and set(static) <= set(spec["columns"])
+
+
+def test_scale_compares_with_the_recorded_one_process_row(tmp_path, monkeypatch):
+    """`bench scale --processes 2`: the speed-up is against docs/benchmarks.md's one-process row of the
+    same machine, backend, preset and scene."""
+    from bench import scale
+    started = {"device": "cpu", "backend": "numba",
+               "config": {"preset": "cpu", "train": {"iterations": 1000},
+                          "dynamic": {"frame_iterations": 300, "prediction_iterations": 200}}}
+    metrics = {"cameras": 20, "size": [128, 128], "frames": [{"chamfer": 0.002}]}
+    doc = tmp_path / "benchmarks.md"
+    monkeypatch.setattr(registry, "BENCHMARKS_DOC", str(doc))
+    assert scale.recorded_single_wall(MACHINE, started, "dynamic torus") is None  # no file yet
+    registry.update_benchmarks_doc("scale", scale.scale_row(MACHINE, started, 1, metrics, 384.0, 384.0), path=str(doc))
+    assert scale.recorded_single_wall(MACHINE, started, "dynamic torus") == 384.0
+    assert scale.recorded_single_wall(MACHINE, dict(started, backend="torch"), "dynamic torus") is None
+    assert scale.recorded_single_wall(MACHINE, started, "spot (static)") is None

@@ -67,6 +67,16 @@ def test_a_resume_needs_the_processes_and_frames_of_the_plan(tmp_path):
     with pytest.raises(InputError, match="damaged plan"):
         spread.write_plan(job, 2, [0, 1, 2, 3], resume=True)
     assert spread.read_plan_world(str(tmp_path / "elsewhere")) == 1
+    spread.check_single_resume(str(tmp_path / "elsewhere"), resume=True)
+    spread.write_plan(job, 2, [0, 1, 2, 3], resume=False)
+    spread.check_single_resume(job, resume=False)
+    with pytest.raises(InputError, match="resume it under torchrun with --nproc-per-node 2"):
+        spread.check_single_resume(job, resume=True)
+    single = tmp_path / "single"
+    os.makedirs(single / protocol.CHECKPOINTS_DIR)
+    (single / protocol.CHECKPOINTS_DIR / "step_0000100.pt").write_bytes(b"")
+    with pytest.raises(InputError, match="one process; resume it without torchrun"):
+        spread.write_plan(str(single), 2, [0, 1, 2, 3], resume=True)
 
 
 def test_rank_0_merges_the_other_ranks_frames(tmp_path):
