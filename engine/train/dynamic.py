@@ -273,6 +273,13 @@ class SequenceTrainer(MotionPrediction, Trainer):
         super().stop_if_cancelled()
 
     # -- checkpoints -------------------------------------------------------------------------------
+    def save_checkpoint(self):
+        """A rank after 0 that has not started from frame 0's weights yet has nothing of its own to save
+        (a resume starts it from first_frame.pt)."""
+        if not self.ranks.leader and self.index == 0:
+            return None
+        return super().save_checkpoint()
+
     def checkpoint_extra(self):
         return {"sequence": {
             "frames": self.frames, "index": self.index, "phase": self.phase,

@@ -214,3 +214,29 @@ def test_two_processes_give_the_frames_and_meshes_of_one(spread_and_single, movi
         # this short budget's noise (about 1% of the diagonal at 48 px).
         errors = [chamfer(m[0], m[1], truth[0], truth[1], samples=4000) for m in (spread_mesh, single_mesh)]
         assert errors[0] < max(2.0 * errors[1], 0.015), (a["frame"], errors)
+
+
+@pytest.mark.slow
+def test_cancel_reaches_every_rank_and_a_waiting_rank_saves_nothing(moving_torus, tmp_path):
+    """The add-on's Cancel (a `cancel` line on torchrun's stdin, read by one of the ranks) while rank 0
+    trains frame 0 and rank 1 waits for it: the job ends cancelled with rank 0's checkpoint, and rank 1,
+    which had nothing of its own yet, leaves no checkpoint (a resume starts it from frame 0's weights)."""
+    job = str(tmp_path / "job")
+    env = dict(os.environ, PYTHONPATH=REPO, PYTHONUNBUFFERED="1")
+    proc = subprocess.Popen([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2",
+                             "-m", "engine", "train", "--data", moving_torus, "--out", job] + TRAIN, cwd=REPO,
+                            env=env, text=True, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                            stderr=open(tmp_path / "log", "w"), start_new_session=True)
+    try:
+        read_until(proc, protocol.PROGRESS, timeout=600)
+        proc.stdin.write("cancel\n")
+        proc.stdin.flush()
+        events = finish(proc, timeout=300)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    assert proc.returncode != 0
+    cancelled = [e for e in events if e["event"] == protocol.CANCELLED]
+    assert cancelled and cancelled[-1].get("rank") is None and os.path.isfile(cancelled[-1]["checkpoint"])
+    assert not glob.glob(os.path.join(spread.rank_dir(job, 1), protocol.CHECKPOINTS_DIR, "*.pt"))
+    assert not os.path.exists(spread.first_frame_path(job))
