@@ -202,16 +202,10 @@ def test_two_processes_give_the_frames_and_meshes_of_one(spread_and_single, movi
     with open(os.path.join(single, protocol.MESHES_DIR, protocol.SEQUENCE_FILE)) as f:
         single_frames = json.load(f)["frames"]
     assert [e["frame"] for e in spread_frames] == [e["frame"] for e in single_frames] == list(range(FRAMES))
-    mine = [0] + spread.chunks(list(range(FRAMES)), 2)[0]
     for a, b in zip(spread_frames, single_frames):
         spread_mesh = read_triangles(os.path.join(job, protocol.MESHES_DIR, a["mesh"]))
         single_mesh = read_triangles(os.path.join(single, protocol.MESHES_DIR, b["mesh"]))
         truth = read_triangles(os.path.join(moving_torus, "truth", f"frame_{a['frame']:06d}.ply"))
-        if a["frame"] in mine:  # rank 0 trains frame 0 and its chunk as one process does (its thread
-            # count differs, so float sums differ in the last bits: the same surface, not the same bits)
-            assert np.allclose(a["world_from_canonical"], b["world_from_canonical"], atol=2e-2)
-            assert chamfer(spread_mesh[0], spread_mesh[1], single_mesh[0], single_mesh[1], samples=4000) < 2e-3
-            continue
         # Rank 1's frames start from frame 0's weights: as close to the truth as one process's, within
         # this short budget's noise (about 1% of the diagonal at 48 px).
         errors = [chamfer(m[0], m[1], truth[0], truth[1], samples=4000) for m in (spread_mesh, single_mesh)]
