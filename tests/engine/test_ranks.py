@@ -10,7 +10,6 @@ import subprocess
 import sys
 import time
 
-import numpy as np
 import pytest
 from conftest import REPO
 from engine_process import read_until, run_engine
